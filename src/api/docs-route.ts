@@ -1,0 +1,76 @@
+import { Router } from 'express';
+import swaggerUi from 'swagger-ui-express';
+import { z } from 'zod';
+import { healthSchema, messageSchema, sendEnvelopeSchema, sendRequestSchema, serviceInfoSchema } from './schemas.ts';
+
+const ref = (name: string) => ({ $ref: `#/components/schemas/${name}` });
+const json = (name: string, description: string) => ({ description, content: { 'application/json': { schema: ref(name) } } });
+
+/** The OpenAPI document, generated from the same zod schemas that validate requests. */
+export function openApiDocument(): Record<string, unknown> {
+  const schema = (s: z.ZodType, io: 'input' | 'output') => {
+    const { $schema: _ignored, ...rest } = z.toJSONSchema(s, { io, unrepresentable: 'any' });
+    return rest;
+  };
+  return {
+    openapi: '3.1.0',
+    info: {
+      title: 'User SMS Sending Service',
+      version: '1.0.0',
+      description: 'Sends SMS on behalf of enterprises through WebSMS.by, at most 3 per enterprise per rolling minute.',
+    },
+    paths: {
+      '/': { get: { summary: 'Service status', responses: { 200: json('ServiceInfo', 'Running') } } },
+      '/send': {
+        post: {
+          summary: 'Send an SMS on behalf of an enterprise',
+          description:
+            'Queues the message and waits (bounded) for the result. 202 when it is still waiting for its rate-limit slot; ' +
+            'ask GET /messages/{id} later. `?wait=false` or `Prefer: respond-async` answers 202 at once.',
+          parameters: [
+            { name: 'wait', in: 'query', required: false, schema: { type: 'boolean' } },
+            { name: 'X-Service-Name', in: 'header', required: false, schema: { type: 'string', maxLength: 50 } },
+          ],
+          requestBody: { required: true, content: { 'application/json': { schema: ref('SendRequest') } } },
+          responses: {
+            200: json('SendEnvelope', 'Sent, or refused by WebSMS (success:false with its code and description)'),
+            202: json('SendEnvelope', 'Accepted and queued; will be sent'),
+            400: json('SendEnvelope', 'Invalid phone number or malformed JSON'),
+            404: json('SendEnvelope', 'Enterprise not found or has no WebSMS configuration'),
+            413: json('SendEnvelope', 'Body too large'),
+            415: json('SendEnvelope', 'Not JSON'),
+            422: json('SendEnvelope', 'Invalid field (named in error)'),
+            503: json('SendEnvelope', 'Database or queue unavailable'),
+          },
+        },
+      },
+      '/messages/{id}': {
+        get: {
+          summary: 'The stored state of one message',
+          parameters: [{ name: 'id', in: 'path', required: true, schema: { type: 'integer', minimum: 1 } }],
+          responses: { 200: json('Message', 'Found'), 404: json('SendEnvelope', 'No such message') },
+        },
+      },
+      '/health': { get: { summary: 'Health of the database, Redis, queue and workers', responses: { 200: json('Health', 'Healthy'), 503: json('Health', 'Unhealthy') } } },
+    },
+    components: {
+      schemas: {
+        SendRequest: schema(sendRequestSchema, 'input'),
+        SendEnvelope: schema(sendEnvelopeSchema, 'output'),
+        Message: schema(messageSchema, 'output'),
+        Health: schema(healthSchema, 'output'),
+        ServiceInfo: schema(serviceInfoSchema, 'output'),
+      },
+    },
+  };
+}
+
+export function docsRoute(): Router {
+  const router = Router();
+  const document = openApiDocument();
+  router.get('/openapi.json', (_req, res) => {
+    res.json(document);
+  });
+  router.use('/docs', swaggerUi.serve, swaggerUi.setup(document));
+  return router;
+}

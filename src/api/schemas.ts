@@ -1,0 +1,115 @@
+import { z } from 'zod';
+import { parsePhoneNumberFromString } from 'libphonenumber-js/max';
+
+// Request and response schemas: they validate requests and generate the OpenAPI document.
+
+// C0 controls other than tab, newline and carriage return, and DEL: they have no place in an SMS,
+// and NUL cannot even be stored in PostgreSQL text.
+const CONTROL_CHARACTERS = /[\u0000-\u0008\u000B\u000C\u000E-\u001F\u007F]/;
+const PRINTABLE_LINE = /^[^\u0000-\u001F\u007F]+$/;
+
+const characters = (value: string) => [...value].length;
+
+/** Unicode text without lone surrogates (not representable in UTF-8) or control characters. */
+const cleanText = (max: number) =>
+  z
+    .string()
+    .refine((v) => v.isWellFormed(), 'must be valid Unicode text')
+    .refine((v) => !CONTROL_CHARACTERS.test(v), 'must not contain control characters')
+    .refine((v) => characters(v) >= 1, 'must not be empty')
+    .refine((v) => characters(v) <= max, `must be at most ${max} characters`);
+
+const singleLine = (max: number) =>
+  z
+    .string()
+    .refine((v) => v.isWellFormed(), 'must be valid Unicode text')
+    .refine((v) => v.length === 0 || PRINTABLE_LINE.test(v), 'must not contain control characters')
+    .refine((v) => v.trim().length >= 1, 'must not be empty')
+    .refine((v) => characters(v) <= max, `must be at most ${max} characters`);
+
+export const sendRequestSchema = z
+  .object({
+    enterprise_number: singleLine(10).meta({ description: 'The sender enterprise (enterprises.number)', example: '0367' }),
+    phone: z.string().max(64, 'must be at most 64 characters').meta({
+      description: 'Recipient in international format with +',
+      example: '+375296254070',
+    }),
+    text: cleanText(1000).meta({ description: 'Message text, 1–1000 characters', example: 'Ваш заказ готов' }),
+    // Old clients send null for "not given".
+    sender: singleLine(11)
+      .refine((v) => /^[\x20-\x7E]+$/.test(v), 'must be Latin letters, digits or punctuation')
+      .nullish()
+      .meta({ description: 'Approved sender name, default Vochi-CRM', example: 'MyCompany' }),
+    custom_id: singleLine(20).nullish().meta({ description: "The caller's own reference", example: 'order_98765' }),
+  });
+
+export type SendRequestBody = z.infer<typeof sendRequestSchema>;
+
+/** The phone rule on its own: its failure is a 400, as the old service answered. */
+export function normalisePhone(phone: string): string | null {
+  if (!phone.trim().startsWith('+')) return null;
+  const parsed = parsePhoneNumberFromString(phone.trim());
+  return parsed?.isValid() ? parsed.number : null;
+}
+
+export const PHONE_ERROR = 'Invalid phone number: use the international format with +, e.g. +375296254070';
+
+const nullableNumber = z.number().nullable();
+
+export const sendEnvelopeSchema = z
+  .object({
+    success: z.boolean(),
+    message_id: nullableNumber.meta({ description: 'WebSMS message id' }),
+    price: nullableNumber.meta({ description: 'Price per part, BYN' }),
+    parts: nullableNumber,
+    amount: nullableNumber.meta({ description: 'Total price, BYN' }),
+    custom_id: z.string().nullable(),
+    error: z.string().nullable(),
+    detail: z.string().optional().meta({ description: 'Same as error (for FastAPI-era clients)' }),
+    id: z.number().optional().meta({ description: 'Our message id' }),
+    status: z.string().optional(),
+    expected_send_at: z.string().optional().meta({ description: '202 only: when the message is expected to go out' }),
+    status_url: z.string().optional().meta({ description: '202 only: where to ask for the outcome' }),
+    errors: z.array(z.object({ field: z.string(), message: z.string() })).optional(),
+  });
+
+export const messageSchema = z
+  .object({
+    id: z.number(),
+    enterprise_number: z.string(),
+    enterprise_name: z.string().nullable(),
+    phone: z.string().meta({ description: 'Masked' }),
+    sender: z.string().nullable(),
+    custom_id: z.string().nullable(),
+    status: z.enum(['pending', 'queued', 'sending', 'success', 'failed', 'unknown']),
+    message_id: nullableNumber,
+    price: nullableNumber,
+    parts: nullableNumber,
+    amount: nullableNumber,
+    error: z.string().nullable(),
+    error_code: z.string().nullable(),
+    attempts: z.number(),
+    created_at: z.string().nullable(),
+    sent_at: z.string().nullable(),
+    updated_at: z.string(),
+    expected_send_at: z.string().nullable(),
+  });
+
+export const healthSchema = z
+  .object({
+    status: z.enum(['healthy', 'unhealthy']),
+    timestamp: z.string(),
+    database: z.string(),
+    redis: z.string(),
+    queue: z.union([z.string(), z.record(z.string(), z.number())]),
+    workers: z.number().nullable(),
+    port: z.number(),
+  });
+
+export const serviceInfoSchema = z
+  .object({
+    service: z.string(),
+    status: z.string(),
+    timestamp: z.string(),
+    config: z.object({ websms_url: z.string(), default_sender: z.string(), port: z.number() }),
+  });

@@ -1,0 +1,126 @@
+import { z } from 'zod';
+
+// The only reader of process.env. Every budget carries its unit in its name.
+
+const integer = (min: number, max: number) => z.coerce.number().int().min(min).max(max);
+
+const url = (protocols: string[]) =>
+  z.string().refine((value) => {
+    try {
+      return protocols.includes(new URL(value).protocol);
+    } catch {
+      return false;
+    }
+  }, `must be a URL (${protocols.join(' or ')})`);
+
+const environmentSchema = z.object({
+  PORT: integer(0, 65535).default(8014),
+  HOST: z.string().min(1).default('127.0.0.1'),
+  DATABASE_URL: url(['postgres:', 'postgresql:']).default('postgresql://postgres@127.0.0.1:5432/postgres'),
+  REDIS_URL: url(['redis:', 'rediss:']).default('redis://127.0.0.1:6379'),
+  WEBSMS_BASE_URL: url(['http:', 'https:']).default('https://cabinet.websms.by/api'),
+  WEBSMS_DEFAULT_SENDER: z.string().min(1).max(11).default('Vochi-CRM'),
+  WEBSMS_TIMEOUT_MS: integer(100, 120_000).default(30_000),
+  // GET is what the old service used against the real API; POST keeps keys out of URLs.
+  WEBSMS_METHOD: z.enum(['GET', 'POST']).default('GET'),
+  RATE_LIMIT_PER_WINDOW: integer(1, 10_000).default(3),
+  RATE_LIMIT_WINDOW_MS: integer(100, 86_400_000).default(60_000),
+  // Added to the window so that jitter between our slot and WebSMS's receipt of the request can
+  // never make two sends look closer than the window from the provider's side.
+  RATE_LIMIT_MARGIN_MS: integer(0, 60_000).default(200),
+  // Below nginx's 30 s proxy_read_timeout, with room for the answer itself.
+  SEND_WAIT_MS: integer(0, 29_000).default(25_000),
+  WORKER_CONCURRENCY: integer(1, 1000).default(64),
+  // Worker processes that `npm start` runs beside the API.
+  WORKER_PROCESSES: integer(0, 64).default(1),
+  // Send attempts per message for failures that are certainly not sent (error 1/7, refused
+  // connections) and outcome lookups that could not be made.
+  SEND_ATTEMPTS: integer(1, 50).default(8),
+  RETRY_BACKOFF_MS: integer(10, 600_000).default(2_000),
+  SWEEP_INTERVAL_MS: integer(1_000, 3_600_000).default(30_000),
+  // A row left `pending` this long has lost its enqueue (Redis was down): the sweeper enqueues it.
+  SWEEP_PENDING_AFTER_MS: integer(1_000, 3_600_000).default(15_000),
+  // Finished jobs stay in Redis this long so that late waiters and the dashboard can still read them.
+  KEEP_FINISHED_JOBS_S: integer(60, 30 * 86_400).default(3_600),
+  // Must be a BullMQ-safe prefix; the hash tag keeps all queue keys in one Redis Cluster slot.
+  QUEUE_PREFIX: z.string().regex(/^[A-Za-z0-9_{}.-]{1,64}$/, 'letters, digits, _ . - { } only').default('{sms}'),
+  LOG_LEVEL: z.enum(['fatal', 'error', 'warn', 'info', 'debug', 'trace', 'silent']).default('info'),
+  // Express "trust proxy" value: peers allowed to set X-Forwarded-For / X-Real-IP.
+  TRUSTED_PROXIES: z.string().default('loopback'),
+  BODY_LIMIT_BYTES: integer(1_024, 10_485_760).default(65_536),
+});
+
+export type Environment = z.infer<typeof environmentSchema>;
+
+export interface Config {
+  readonly port: number;
+  readonly host: string;
+  readonly databaseUrl: string;
+  readonly redisUrl: string;
+  readonly websms: {
+    readonly baseUrl: string;
+    readonly defaultSender: string;
+    readonly timeoutMs: number;
+    readonly method: 'GET' | 'POST';
+  };
+  readonly rateLimit: { readonly perWindow: number; readonly windowMs: number; readonly marginMs: number };
+  readonly sendWaitMs: number;
+  readonly worker: {
+    readonly concurrency: number;
+    readonly processes: number;
+    readonly sendAttempts: number;
+    readonly retryBackoffMs: number;
+  };
+  readonly sweeper: { readonly intervalMs: number; readonly pendingAfterMs: number };
+  readonly keepFinishedJobsS: number;
+  readonly queuePrefix: string;
+  readonly logLevel: Environment['LOG_LEVEL'];
+  readonly trustedProxies: string;
+  readonly bodyLimitBytes: number;
+}
+
+export class ConfigError extends Error {
+  override name = 'ConfigError';
+}
+
+/** Validates the environment once; a bad value names the variable and stops start-up. */
+export function loadConfig(env: NodeJS.ProcessEnv = process.env): Config {
+  // Empty strings mean "unset", as in most shells' `VAR= command`.
+  const present = Object.fromEntries(Object.entries(env).filter(([, value]) => value !== undefined && value !== ''));
+  const parsed = environmentSchema.safeParse(present);
+  if (!parsed.success) {
+    const problems = parsed.error.issues.map((issue) => `${issue.path.join('.')}: ${issue.message}`);
+    throw new ConfigError(`Invalid configuration: ${problems.join('; ')}`);
+  }
+  const e = parsed.data;
+  return Object.freeze({
+    port: e.PORT,
+    host: e.HOST,
+    databaseUrl: e.DATABASE_URL,
+    redisUrl: e.REDIS_URL,
+    websms: Object.freeze({
+      baseUrl: e.WEBSMS_BASE_URL.replace(/\/+$/, ''),
+      defaultSender: e.WEBSMS_DEFAULT_SENDER,
+      timeoutMs: e.WEBSMS_TIMEOUT_MS,
+      method: e.WEBSMS_METHOD,
+    }),
+    rateLimit: Object.freeze({
+      perWindow: e.RATE_LIMIT_PER_WINDOW,
+      windowMs: e.RATE_LIMIT_WINDOW_MS,
+      marginMs: e.RATE_LIMIT_MARGIN_MS,
+    }),
+    sendWaitMs: e.SEND_WAIT_MS,
+    worker: Object.freeze({
+      concurrency: e.WORKER_CONCURRENCY,
+      processes: e.WORKER_PROCESSES,
+      sendAttempts: e.SEND_ATTEMPTS,
+      retryBackoffMs: e.RETRY_BACKOFF_MS,
+    }),
+    sweeper: Object.freeze({ intervalMs: e.SWEEP_INTERVAL_MS, pendingAfterMs: e.SWEEP_PENDING_AFTER_MS }),
+    keepFinishedJobsS: e.KEEP_FINISHED_JOBS_S,
+    queuePrefix: e.QUEUE_PREFIX,
+    logLevel: e.LOG_LEVEL,
+    trustedProxies: e.TRUSTED_PROXIES,
+    bodyLimitBytes: e.BODY_LIMIT_BYTES,
+  });
+}

@@ -1,0 +1,82 @@
+import { Kysely, PostgresDialect, type ColumnType, type Generated } from 'kysely';
+import pg from 'pg';
+
+/**
+ * Glossary
+ * - message: one SMS a caller asked to send, one row of `user_sms_send`; the row is the truth.
+ * - enterprise: the tenant that sends; its WebSMS credentials live in `enterprises.custom_domain`.
+ * - provider reference (`provider_ref`): our unique `custom_id` for WebSMS, stored before the first
+ *   call, used to look a message up when the outcome of a call is unknown.
+ * - send attempt: one call to WebSMS `send/sms`; each takes a slot of the enterprise's rate limit.
+ */
+
+/** Message states, forward only: pending → queued → sending → success | failed | unknown. */
+export type MessageStatus = 'pending' | 'queued' | 'sending' | 'success' | 'failed' | 'unknown';
+
+export interface UserSmsSendTable {
+  id: Generated<string>; // BIGSERIAL: pg returns int8 as a string
+  enterprise_number: string;
+  enterprise_name: string | null;
+  phone: string;
+  text: string;
+  sender: string | null;
+  message_id: string | null; // BIGINT from WebSMS
+  custom_id: string | null;
+  status: MessageStatus;
+  price: ColumnType<string | null, number | null, number | null>; // DECIMAL(10,6)
+  parts: number | null;
+  amount: ColumnType<string | null, number | null, number | null>;
+  error_message: string | null;
+  service_name: string | null;
+  request_ip: string | null;
+  user_agent: string | null;
+  response_data: ColumnType<unknown, string | null, string | null>; // JSONB
+  created_at: ColumnType<Date, never, never>; // TIMESTAMP without time zone, server-local
+  sent_at: ColumnType<Date | null, never, never>;
+  // Added by this service:
+  provider_ref: string | null;
+  attempts: ColumnType<number, never, number>;
+  error_code: string | null;
+  not_before: ColumnType<Date | null, Date | null, Date | null>;
+  claimed_at: ColumnType<Date | null, never, never>;
+  updated_at: ColumnType<Date, never, never>;
+  idempotency_key: string | null;
+  request_hash: string | null;
+}
+
+export interface EnterprisesTable {
+  number: string;
+  name: string | null;
+  custom_domain: string | null;
+  active: boolean | null;
+}
+
+export interface Database {
+  user_sms_send: UserSmsSendTable;
+  enterprises: EnterprisesTable;
+}
+
+export type Db = Kysely<Database>;
+
+export interface DbOptions {
+  max?: number;
+  /** Fail fast when PostgreSQL is unreachable instead of letting callers hang. */
+  connectionTimeoutMs?: number;
+  statementTimeoutMs?: number;
+  applicationName?: string;
+}
+
+export function createDb(databaseUrl: string, options: DbOptions = {}): Db {
+  const pool = new pg.Pool({
+    connectionString: databaseUrl,
+    max: options.max ?? 10,
+    connectionTimeoutMillis: options.connectionTimeoutMs ?? 3_000,
+    statement_timeout: options.statementTimeoutMs ?? 10_000,
+    query_timeout: (options.statementTimeoutMs ?? 10_000) + 1_000,
+    application_name: options.applicationName ?? 'user-sms',
+    idleTimeoutMillis: 30_000,
+  });
+  // An idle client losing its connection (server restart) must not crash the process.
+  pool.on('error', () => undefined);
+  return new Kysely<Database>({ dialect: new PostgresDialect({ pool }) });
+}

@@ -1,0 +1,39 @@
+import { readdir } from 'node:fs/promises';
+import { fileURLToPath, pathToFileURL } from 'node:url';
+import { join } from 'node:path';
+import { sql } from 'kysely';
+import { Migrator, type Migration, type MigrationProvider, type MigrationResult } from 'kysely/migration';
+import type { Db } from './database.ts';
+
+const MIGRATIONS_DIR = fileURLToPath(new URL('../../migrations/', import.meta.url));
+// Arbitrary, fixed: every process of this service agrees on it, nothing else uses it.
+const MIGRATION_LOCK_ID = 8_014_001;
+
+const folderProvider: MigrationProvider = {
+  async getMigrations() {
+    const files = (await readdir(MIGRATIONS_DIR)).filter((f) => f.endsWith('.ts') && !f.endsWith('.d.ts')).sort();
+    const migrations: Record<string, Migration> = {};
+    for (const file of files) {
+      migrations[file.replace(/\.ts$/, '')] = (await import(pathToFileURL(join(MIGRATIONS_DIR, file)).href)) as Migration;
+    }
+    return migrations;
+  },
+};
+
+/**
+ * Applies pending migrations. Safe from several processes at once: a session advisory lock
+ * serialises whole runs (Kysely's own lock is taken only after it creates its bookkeeping tables,
+ * and two concurrent CREATE TABLE IF NOT EXISTS can still collide in PostgreSQL's catalog).
+ */
+export async function migrateToLatest(db: Db): Promise<MigrationResult[]> {
+  return db.connection().execute(async (connection) => {
+    await sql`SELECT pg_advisory_lock(${MIGRATION_LOCK_ID})`.execute(connection);
+    try {
+      const { error, results } = await new Migrator({ db: connection, provider: folderProvider }).migrateToLatest();
+      if (error) throw error instanceof Error ? error : new Error(`migration failed: ${JSON.stringify(error)}`);
+      return results ?? [];
+    } finally {
+      await sql`SELECT pg_advisory_unlock(${MIGRATION_LOCK_ID})`.execute(connection);
+    }
+  });
+}

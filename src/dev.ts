@@ -1,0 +1,41 @@
+import { sql } from 'kysely';
+import { loadConfig } from './config.ts';
+import { createDb } from './db/database.ts';
+import { migrateToLatest } from './db/migrate.ts';
+import { createLogger } from './logger.ts';
+import { startApi, startWorker } from './roles.ts';
+import { startSandbox } from './websms/sandbox.ts';
+
+// `npm run dev`: the whole service against the WebSMS sandbox, with a demo enterprise 0367, so the
+// README's curl example works on a fresh machine. Never points at the real WebSMS.
+
+const DEMO_ENTERPRISE = { number: '0367', name: 'june', user: 'demo@sandbox.local', apiKey: 'sandbox-demo-key' };
+
+const sandbox = await startSandbox({
+  port: Number(process.env.SANDBOX_PORT ?? 8099),
+  accounts: [{ user: DEMO_ENTERPRISE.user, apiKey: DEMO_ENTERPRISE.apiKey, sms: 39.056508, viber: 0 }],
+  latencyMs: Number(process.env.SANDBOX_LATENCY_MS ?? 50),
+});
+const config = loadConfig({ ...process.env, WEBSMS_BASE_URL: sandbox.url });
+const logger = createLogger(config.logLevel);
+
+const db = createDb(config.databaseUrl, { max: 1 });
+await migrateToLatest(db);
+await db
+  .insertInto('enterprises')
+  .values({ number: DEMO_ENTERPRISE.number, name: DEMO_ENTERPRISE.name, custom_domain: `${DEMO_ENTERPRISE.user} ${DEMO_ENTERPRISE.apiKey}`, active: true })
+  .onConflict((oc) => oc.column('number').doUpdateSet({ custom_domain: sql`excluded.custom_domain`, active: true }))
+  .execute();
+await db.destroy();
+
+const worker = await startWorker(config, logger);
+const api = await startApi(config, logger);
+logger.info({ api: api.url, sandbox: sandbox.url, enterprise: DEMO_ENTERPRISE.number }, 'dev service ready (WebSMS sandbox)');
+
+const stop = () => {
+  Promise.all([api.stop(), worker.stop()])
+    .then(() => sandbox.close())
+    .then(() => process.exit(0), () => process.exit(1));
+};
+process.once('SIGTERM', stop);
+process.once('SIGINT', stop);

@@ -1,0 +1,31 @@
+import type { Db } from '../db/database.ts';
+import type { WebsmsCredentials } from '../websms/client.ts';
+import { parseCustomDomain } from './credentials.ts';
+
+export interface Enterprise {
+  number: string;
+  name: string | null;
+  /** null when the enterprise has no usable WebSMS configuration */
+  credentials: WebsmsCredentials | null;
+  active: boolean;
+}
+
+export async function findEnterprise(db: Db, number: string): Promise<Enterprise | undefined> {
+  const row = await db
+    .selectFrom('enterprises')
+    .select(['number', 'name', 'custom_domain', 'active'])
+    .where('number', '=', number)
+    .executeTakeFirst();
+  if (!row) return undefined;
+  // The wider system's table may hold NULL in `active`: only an explicit false disables.
+  return { number: row.number, name: row.name, credentials: parseCustomDomain(row.custom_domain), active: row.active !== false };
+}
+
+/** Ready to send: exists, active and configured. */
+export function canSend(enterprise: Enterprise | undefined): enterprise is Enterprise & { credentials: WebsmsCredentials } {
+  return enterprise !== undefined && enterprise.active && enterprise.credentials !== null;
+}
+
+export function notFoundMessage(number: string): string {
+  return `Enterprise ${number} not found or has no WebSMS configuration`;
+}

@@ -1,0 +1,115 @@
+import { fork, type ChildProcess } from 'node:child_process';
+import { fileURLToPath } from 'node:url';
+import { ConfigError, loadConfig, type Config } from './config.ts';
+import { createDb } from './db/database.ts';
+import { migrateToLatest } from './db/migrate.ts';
+import { createLogger, type Logger } from './logger.ts';
+import { startApi, startWorker, type Running } from './roles.ts';
+
+// Process entry: `node src/run.mjs src/main.ts [all|api|worker]`.
+//   all    — migrations, the API, and WORKER_PROCESSES worker processes it supervises (npm start)
+//   api    — migrations and the API only
+//   worker — one worker process
+// SIGTERM/SIGINT drain: the API stops accepting and answers its waiting callers; workers finish
+// their running jobs. Nothing queued is lost: it stays in Redis and in PostgreSQL.
+
+const role = process.argv[2] ?? 'all';
+if (!['all', 'api', 'worker'].includes(role)) {
+  console.error(`unknown role "${role}": use all, api or worker`);
+  process.exit(2);
+}
+
+let config: Config;
+try {
+  config = loadConfig();
+} catch (error) {
+  console.error(error instanceof ConfigError ? error.message : error);
+  process.exit(2);
+}
+const logger = createLogger(config.logLevel).child({ role });
+
+async function migrate(): Promise<void> {
+  const db = createDb(config.databaseUrl, { max: 1, applicationName: 'user-sms-migrate' });
+  try {
+    const results = await migrateToLatest(db);
+    for (const r of results) logger.info({ migration: r.migrationName, status: r.status }, 'migration');
+  } finally {
+    await db.destroy();
+  }
+}
+
+/** Worker processes under the `all` role: restarted when they die, stopped with the service. */
+function superviseWorkers(count: number): Running {
+  const entry = fileURLToPath(new URL('./run.mjs', import.meta.url));
+  const main = fileURLToPath(import.meta.url);
+  const children = new Set<ChildProcess>();
+  let stopping = false;
+
+  const spawn = (slot: number, restarts: number) => {
+    const child = fork(entry, [main, 'worker'], { stdio: 'inherit' });
+    children.add(child);
+    child.on('exit', (code, signal) => {
+      children.delete(child);
+      if (stopping) return;
+      const delayMs = Math.min(30_000, 500 * 2 ** restarts);
+      logger.error({ slot, code, signal, restartInMs: delayMs }, 'worker process exited; restarting');
+      setTimeout(() => spawn(slot, restarts + 1), delayMs).unref();
+    });
+  };
+  for (let slot = 0; slot < count; slot += 1) spawn(slot, 0);
+
+  return {
+    async stop() {
+      stopping = true;
+      await Promise.all(
+        [...children].map(
+          (child) =>
+            new Promise<void>((resolve) => {
+              if (child.exitCode !== null || child.signalCode !== null) return resolve();
+              child.once('exit', () => resolve());
+              child.kill('SIGTERM');
+            }),
+        ),
+      );
+    },
+  };
+}
+
+async function run(): Promise<Running[]> {
+  if (role === 'worker') return [await startWorker(config, logger)];
+  await migrate();
+  const api = await startApi(config, logger);
+  if (role === 'api') return [api];
+  return [api, superviseWorkers(Math.max(1, config.worker.processes))];
+}
+
+try {
+  const running = await run();
+  let stopping = false;
+  const shutdown = (signal: string) => {
+    if (stopping) return;
+    stopping = true;
+    logger.info({ signal }, 'draining');
+    // A drain that cannot finish (a hung dependency) must still end the process.
+    setTimeout(() => {
+      logger.error('drain took too long; exiting');
+      process.exit(1);
+    }, config.websms.timeoutMs + 15_000).unref();
+    Promise.all(running.map((r) => r.stop())).then(
+      () => process.exit(0),
+      (error: unknown) => {
+        logger.error({ err: error instanceof Error ? error.message : String(error) }, 'error while draining');
+        process.exit(1);
+      },
+    );
+  };
+  process.on('SIGTERM', () => shutdown('SIGTERM'));
+  process.on('SIGINT', () => shutdown('SIGINT'));
+} catch (error) {
+  logFatal(logger, error);
+  process.exit(1);
+}
+
+function logFatal(log: Logger, error: unknown): void {
+  log.fatal({ err: error instanceof Error ? error.message : String(error) }, 'start-up failed');
+}

@@ -1,0 +1,248 @@
+import { randomUUID } from 'node:crypto';
+import type { Db } from '../db/database.ts';
+import type { Logger } from '../logger.ts';
+import { maskPhone } from '../logger.ts';
+import type { RollingWindowLimiter } from '../limiter/rolling-window.ts';
+import type { LookupOutcome, SendOutcome, WebsmsClient, WebsmsCredentials } from '../websms/client.ts';
+import { findEnterprise, notFoundMessage } from '../enterprises/repository.ts';
+import { parseCustomDomain } from '../enterprises/credentials.ts';
+import { recordOutcome, type DeliveryOutcome } from './message.ts';
+import {
+  claimForSending,
+  findMessage,
+  findSendingState,
+  markWaitingForSlot,
+  recordAccepted,
+  recordFailed,
+  recordUnknown,
+  releaseForResend,
+  type Acceptance,
+  type ClaimedMessage,
+  type Failure,
+} from './repository.ts';
+
+// Delivering one message: take a rate-limit slot, claim the row, call WebSMS, record the outcome.
+// Plain values in, a DeliveryStep out: the queue adapter (workers/) maps steps onto BullMQ.
+//
+// Retry safety (websms-api.md): an explicit WebSMS error is final except codes 1 and 7; a failure
+// that certainly never reached WebSMS is retried; an unknown outcome is looked up by our unique
+// reference before anything is resent, and never resent blindly.
+
+export interface DeliveryDeps {
+  db: Db;
+  websms: WebsmsClient;
+  limiter: RollingWindowLimiter;
+  logger: Logger;
+  defaultSender: string;
+  /** WebSMS call budget; a row `sending` for longer than this plus a grace has no live call. */
+  websmsTimeoutMs: number;
+}
+
+export interface DeliveryAttempt {
+  messageId: number;
+  enterpriseNumber: string;
+  /** No further run follows a retryable failure of this one. */
+  lastAttempt: boolean;
+  /** The job's first run: the row is certainly not `sending` yet, so its state need not be read. */
+  firstRun: boolean;
+  /** An acceptance from an earlier run whose recording failed (PostgreSQL was down). */
+  stashedAcceptance?: Acceptance | undefined;
+  /** Keeps an acceptance for the next run when it cannot be recorded now. */
+  stashAcceptance(acceptance: Acceptance): Promise<void>;
+}
+
+export type DeliveryStep =
+  | { kind: 'finished'; outcome: DeliveryOutcome | null }
+  /** Come back after delayMs without using a retry attempt (rate limit, a call possibly in flight). */
+  | { kind: 'wait'; delayMs: number; reason: string }
+  /** Run again after the retry backoff, using an attempt. */
+  | { kind: 'retry'; reason: string };
+
+/** After our own call times out, WebSMS may still be processing it: look it up only after this. */
+const RECONCILE_GRACE_MS = 1_000;
+
+export async function deliverMessage(deps: DeliveryDeps, attempt: DeliveryAttempt): Promise<DeliveryStep> {
+  const { db } = deps;
+  const id = attempt.messageId;
+
+  if (attempt.stashedAcceptance) {
+    await recordAccepted(db, id, attempt.stashedAcceptance);
+    return finishedFromRow(deps, id);
+  }
+
+  if (!attempt.firstRun) {
+    // A re-run may find the row mid-send (a worker died, or the outcome was unknown): that needs a
+    // lookup, not a rate-limit slot.
+    const state = await findSendingState(db, id);
+    if (!state) return missingRow(deps, id);
+    if (state.status === 'sending') return reconcile(deps, attempt, state.claimedAt, state.providerRef);
+    if (state.status !== 'pending' && state.status !== 'queued') return finishedFromRow(deps, id);
+  }
+
+  // Every attempt takes a slot, because WebSMS counts attempts. Redis down: this throws and
+  // nothing is sent (fail closed), never an over-limit burst.
+  const slot = await deps.limiter.acquire(attempt.enterpriseNumber, `${id}:${randomUUID()}`);
+  if (!slot.granted) {
+    await markWaitingForSlot(db, id, new Date(Date.now() + slot.retryInMs));
+    return { kind: 'wait', delayMs: slot.retryInMs, reason: 'rate limit' };
+  }
+
+  const claimed = await claimForSending(db, id);
+  if (!claimed) {
+    const state = await findSendingState(db, id);
+    if (!state) return missingRow(deps, id);
+    if (state.status === 'sending') return reconcile(deps, attempt, state.claimedAt, state.providerRef);
+    return finishedFromRow(deps, id);
+  }
+
+  const credentials = parseCustomDomain(claimed.customDomain);
+  if (!credentials || claimed.enterpriseActive === false) {
+    // Configuration removed between acceptance and sending.
+    return fail(deps, claimed, { code: 'not_configured', message: notFoundMessage(claimed.enterpriseNumber) });
+  }
+
+  const outcome = await deps.websms.send(credentials, {
+    msisdn: claimed.phone.replace(/^\+/, ''),
+    text: claimed.text,
+    sender: claimed.sender ?? deps.defaultSender,
+    customId: claimed.providerRef,
+  });
+  return settle(deps, attempt, claimed, credentials, outcome);
+}
+
+async function settle(
+  deps: DeliveryDeps,
+  attempt: DeliveryAttempt,
+  claimed: ClaimedMessage,
+  credentials: WebsmsCredentials,
+  outcome: SendOutcome,
+): Promise<DeliveryStep> {
+  const log = { messageId: claimed.id, enterprise: claimed.enterpriseNumber, phone: maskPhone(claimed.phone), attempt: claimed.attempts };
+  switch (outcome.kind) {
+    case 'accepted': {
+      const acceptance: Acceptance = {
+        websmsMessageId: outcome.messageId,
+        price: outcome.price,
+        parts: outcome.parts,
+        amount: outcome.amount,
+        response: outcome.response,
+      };
+      deps.logger.info({ ...log, outcome: 'success', websmsMessageId: outcome.messageId, parts: outcome.parts }, 'sms sent');
+      try {
+        await recordAccepted(deps.db, claimed.id, acceptance);
+      } catch (error) {
+        // Sent and paid for: the result must not be lost, nor the message resent.
+        await attempt.stashAcceptance(acceptance);
+        throw error;
+      }
+      return { kind: 'finished', outcome: { status: 'success', websmsMessageId: outcome.messageId, price: outcome.price, parts: outcome.parts, amount: outcome.amount, error: null } };
+    }
+    case 'rejected': {
+      const failure: Failure = {
+        code: `websms_${outcome.code}`,
+        message: scrub(`WebSMS error ${outcome.code}: ${outcome.description}`, credentials),
+        response: outcome.response,
+      };
+      if (!outcome.retryable) {
+        deps.logger.warn({ ...log, outcome: 'failed', code: failure.code }, 'sms rejected by WebSMS');
+        return fail(deps, claimed, failure);
+      }
+      return resendLater(deps, attempt, claimed, failure, log);
+    }
+    case 'not-sent':
+      return resendLater(deps, attempt, claimed, { code: 'not_sent', message: scrub(`WebSMS unreachable: ${outcome.reason}`, credentials) }, log);
+    case 'unknown':
+      // Maybe sent. Leave the row `sending`; the next run looks it up once no call can be in flight.
+      deps.logger.warn({ ...log, outcome: 'unknown', reason: scrub(outcome.reason, credentials) }, 'sms outcome unknown; will look it up');
+      return { kind: 'wait', delayMs: deps.websmsTimeoutMs + RECONCILE_GRACE_MS, reason: 'outcome unknown' };
+  }
+}
+
+/** Certainly not sent: back to the queue, or failed for good once the attempts are spent. */
+async function resendLater(
+  deps: DeliveryDeps,
+  attempt: DeliveryAttempt,
+  claimed: { id: number; enterpriseNumber: string },
+  failure: Failure,
+  log: Record<string, unknown>,
+): Promise<DeliveryStep> {
+  if (attempt.lastAttempt) {
+    deps.logger.warn({ ...log, outcome: 'failed', code: failure.code }, 'sms not sent; attempts exhausted');
+    return fail(deps, claimed, failure);
+  }
+  deps.logger.info({ ...log, outcome: 'retry', code: failure.code }, 'sms not sent; will retry');
+  await releaseForResend(deps.db, claimed.id, failure);
+  return { kind: 'retry', reason: failure.message };
+}
+
+async function fail(deps: DeliveryDeps, claimed: { id: number }, failure: Failure): Promise<DeliveryStep> {
+  await recordFailed(deps.db, claimed.id, failure);
+  return finishedFromRow(deps, claimed.id);
+}
+
+/**
+ * A row left `sending`: a worker died mid-call, or the call's outcome was unknown. Look the message
+ * up by our reference; resend only if WebSMS has never seen it.
+ */
+async function reconcile(
+  deps: DeliveryDeps,
+  attempt: DeliveryAttempt,
+  claimedAt: Date | null,
+  providerRef: string | null,
+): Promise<DeliveryStep> {
+  const id = attempt.messageId;
+  const sinceClaimMs = claimedAt ? Date.now() - claimedAt.getTime() : Infinity;
+  const quietAfterMs = deps.websmsTimeoutMs + RECONCILE_GRACE_MS;
+  if (sinceClaimMs < quietAfterMs) {
+    // Another run may still be waiting for WebSMS on this very message (a stalled-job false alarm).
+    return { kind: 'wait', delayMs: quietAfterMs - sinceClaimMs, reason: 'a call may be in flight' };
+  }
+  const enterprise = await findEnterprise(deps.db, attempt.enterpriseNumber);
+  const credentials = enterprise?.credentials;
+  const log = { messageId: id, enterprise: attempt.enterpriseNumber };
+  if (!credentials || !providerRef) {
+    await recordUnknown(deps.db, id, { code: 'lookup_impossible', message: 'Outcome unknown and the message cannot be looked up (no WebSMS configuration)' });
+    deps.logger.error({ ...log, outcome: 'unknown' }, 'sms outcome unknown; cannot look it up');
+    return finishedFromRow(deps, id);
+  }
+  const lookup: LookupOutcome = await deps.websms.lookupByCustomId(credentials, providerRef);
+  switch (lookup.kind) {
+    case 'found':
+      deps.logger.info({ ...log, outcome: 'success', deliveryStatus: lookup.statusName }, 'sms found at WebSMS after an unknown outcome');
+      await recordAccepted(deps.db, id, { websmsMessageId: websmsIdOf(lookup.response), price: null, parts: null, amount: null, response: { lookup: lookup.response } });
+      return finishedFromRow(deps, id);
+    case 'not-found':
+      return resendLater(deps, attempt, { id, enterpriseNumber: attempt.enterpriseNumber }, { code: 'not_sent', message: 'WebSMS never received the message; resending' }, log);
+    case 'failed': {
+      const failure = { code: 'lookup_failed', message: scrub(`Outcome unknown; lookup failed: ${lookup.reason}`, credentials) };
+      if (attempt.lastAttempt) {
+        // Never resend on our own: an operator decides (the row says why).
+        await recordUnknown(deps.db, id, failure);
+        deps.logger.error({ ...log, outcome: 'unknown' }, 'sms outcome unknown; lookups exhausted');
+        return finishedFromRow(deps, id);
+      }
+      return { kind: 'retry', reason: failure.message };
+    }
+  }
+}
+
+function missingRow(deps: DeliveryDeps, id: number): DeliveryStep {
+  deps.logger.error({ messageId: id }, 'queued message has no row; dropping its job');
+  return { kind: 'finished', outcome: null };
+}
+
+async function finishedFromRow(deps: DeliveryDeps, id: number): Promise<DeliveryStep> {
+  const record = await findMessage(deps.db, id);
+  return { kind: 'finished', outcome: record ? recordOutcome(record) : null };
+}
+
+function websmsIdOf(response: Record<string, unknown>): number | null {
+  const value = response.message_id;
+  return typeof value === 'number' && Number.isSafeInteger(value) ? value : null;
+}
+
+/** Defence in depth: a provider text never carries the key into a row, a log or an answer. */
+function scrub(text: string, credentials: WebsmsCredentials): string {
+  if (!credentials.apiKey) return text;
+  return text.split(credentials.apiKey).join('[redacted]').split(encodeURIComponent(credentials.apiKey)).join('[redacted]');
+}

@@ -1,0 +1,67 @@
+import type { Db } from '../db/database.ts';
+import type { Logger } from '../logger.ts';
+import { findStaleUnfinished, touch } from './repository.ts';
+
+// The row is the truth, the job only a pointer: a row left unfinished without a job (the API died
+// between insert and enqueue, Redis was down or lost its data) gets its job back. Adding a job is
+// idempotent (job id = message id), so a sweeper running in every worker process is harmless.
+
+export interface SweeperPorts {
+  db: Db;
+  logger: Logger;
+  /** true when the queue holds a job for this message in any state */
+  hasJob: (messageId: number) => Promise<boolean>;
+  enqueue: (messageId: number, enterpriseNumber: string) => Promise<void>;
+}
+
+export interface SweeperOptions {
+  intervalMs: number;
+  /** rows untouched this long are checked */
+  idleMs: number;
+  batchSize?: number;
+}
+
+export interface Sweeper {
+  /** One pass; returns the ids given a new job. */
+  sweep(): Promise<number[]>;
+  start(): void;
+  stop(): Promise<void>;
+}
+
+export function createSweeper(ports: SweeperPorts, options: SweeperOptions): Sweeper {
+  let timer: NodeJS.Timeout | undefined;
+  let running: Promise<unknown> = Promise.resolve();
+
+  async function sweep(): Promise<number[]> {
+    const stale = await findStaleUnfinished(ports.db, options.idleMs, options.batchSize ?? 500);
+    const requeued: number[] = [];
+    for (const message of stale) {
+      if (await ports.hasJob(message.id)) continue;
+      await ports.enqueue(message.id, message.enterpriseNumber);
+      await touch(ports.db, message.id);
+      requeued.push(message.id);
+      ports.logger.warn({ messageId: message.id, enterprise: message.enterpriseNumber, status: message.status }, 'sweeper re-enqueued a message without a job');
+    }
+    return requeued;
+  }
+
+  const tick = () => {
+    running = sweep()
+      .catch((error: unknown) => ports.logger.warn({ err: error instanceof Error ? error.message : String(error) }, 'sweep failed; will try again'))
+      .finally(() => {
+        if (timer) timer = setTimeout(tick, options.intervalMs).unref();
+      });
+  };
+
+  return {
+    sweep,
+    start() {
+      timer = setTimeout(tick, Math.min(options.intervalMs, 1_000)).unref();
+    },
+    async stop() {
+      clearTimeout(timer);
+      timer = undefined;
+      await running;
+    },
+  };
+}

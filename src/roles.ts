@@ -1,0 +1,129 @@
+import type { AddressInfo } from 'node:net';
+import type { Server } from 'node:http';
+import type { Config } from './config.ts';
+import type { Logger } from './logger.ts';
+import { buildApp } from './app.ts';
+import { Redis } from 'ioredis';
+import { createDeps, redisOptions, type Deps } from './deps.ts';
+import type { AcceptDeps } from './messages/accept.ts';
+import { createSweeper } from './messages/sweeper.ts';
+import { createCompletionWaiter } from './queue/completion-waiter.ts';
+import { jobIdFor } from './queue/jobs.ts';
+import { createSendWorker } from '../workers/send-worker.ts';
+
+// The two roles a process can play. Both are stateless: run as many of each as needed.
+
+export interface Running {
+  /** Graceful: stop taking work, finish or hand back what is in flight, close connections. */
+  stop(): Promise<void>;
+}
+
+export interface RunningApi extends Running {
+  url: string;
+  deps: Deps;
+}
+
+export async function startApi(config: Config, logger: Logger): Promise<RunningApi> {
+  const deps = await createDeps(config, logger, 'api');
+  // The event stream blocks on its connection: it gets its own.
+  const eventsRedis = new Redis(config.redisUrl, redisOptions('blocking'));
+  eventsRedis.on('error', () => undefined);
+  const waiter = createCompletionWaiter(eventsRedis, config.queuePrefix);
+  await waiter.ready();
+
+  const accept: AcceptDeps = {
+    db: deps.db,
+    logger,
+    defaultSender: config.websms.defaultSender,
+    sendWaitMs: config.sendWaitMs,
+    enqueue: deps.enqueue,
+    waitForJob: (messageId, deadlineMs) => waiter.wait(jobIdFor(messageId), deadlineMs),
+    nextSlotInMs: (enterprise) => deps.limiter.peekWaitMs(enterprise),
+  };
+  const app = buildApp({
+    logger,
+    db: deps.db,
+    accept,
+    info: { port: config.port, websmsSendUrl: `${config.websms.baseUrl}/send/sms`, defaultSender: config.websms.defaultSender },
+    probes: {
+      database: async () => {
+        await deps.db.selectNoFrom((eb) => eb.lit(1).as('one')).execute();
+      },
+      redis: async () => {
+        await deps.redis.ping();
+      },
+      queueCounts: () => deps.queue.getJobCounts('waiting', 'active', 'delayed', 'failed', 'completed'),
+      workerCount: () => deps.queue.getWorkersCount(),
+    },
+    trustedProxies: config.trustedProxies,
+    bodyLimitBytes: config.bodyLimitBytes,
+  });
+
+  const server: Server = app.listen(config.port, config.host);
+  await new Promise<void>((resolve, reject) => {
+    server.once('listening', resolve);
+    server.once('error', reject);
+  });
+  // Keep-alive sockets from proxies must outlive theirs, or requests race a closing socket.
+  server.keepAliveTimeout = 65_000;
+  const { port } = server.address() as AddressInfo;
+  logger.info({ host: config.host, port }, 'api listening');
+
+  return {
+    url: `http://${config.host.includes(':') ? `[${config.host}]` : config.host}:${port}`,
+    deps,
+    async stop() {
+      const closed = new Promise<void>((resolve) => server.close(() => resolve()));
+      server.closeIdleConnections();
+      // Waiting requests are answered now with where their message stands (202 + id): the
+      // messages themselves stay queued and will be sent.
+      waiter.releaseAll();
+      await closed;
+      await waiter.close();
+      eventsRedis.disconnect();
+      await deps.close();
+      logger.info('api stopped');
+    },
+  };
+}
+
+export async function startWorker(config: Config, logger: Logger): Promise<Running> {
+  const deps = await createDeps(config, logger, 'worker');
+  const workerRedis = new Redis(config.redisUrl, redisOptions('blocking'));
+  workerRedis.on('error', () => undefined);
+  const worker = createSendWorker(
+    {
+      db: deps.db,
+      websms: deps.websms,
+      limiter: deps.limiter,
+      logger,
+      defaultSender: config.websms.defaultSender,
+      websmsTimeoutMs: config.websms.timeoutMs,
+    },
+    { connection: workerRedis, prefix: config.queuePrefix, concurrency: config.worker.concurrency },
+  );
+  worker.on('error', (error) => logger.warn({ err: error.message }, 'worker error'));
+  worker.on('failed', (job, error) => {
+    if (job && job.attemptsMade >= (job.opts.attempts ?? 1)) {
+      logger.error({ messageId: job.data.messageId, enterprise: job.data.enterpriseNumber, err: error.message }, 'job failed for good');
+    }
+  });
+  await worker.waitUntilReady();
+  const sweeper = createSweeper(
+    { db: deps.db, logger, hasJob: deps.hasJob, enqueue: deps.enqueue },
+    { intervalMs: config.sweeper.intervalMs, idleMs: config.sweeper.pendingAfterMs },
+  );
+  sweeper.start();
+  logger.info({ concurrency: config.worker.concurrency }, 'worker started');
+
+  return {
+    async stop() {
+      await sweeper.stop();
+      // Waits for running jobs; a job cut off later (kill -9) comes back as stalled.
+      await worker.close();
+      workerRedis.disconnect();
+      await deps.close();
+      logger.info('worker stopped');
+    },
+  };
+}

@@ -1,0 +1,327 @@
+import http from 'node:http';
+import https from 'node:https';
+import got, { RequestError, TimeoutError, type Response } from 'got';
+import { describeWebsmsErrorCode } from './error-codes.ts';
+
+/**
+ * The WebSMS.by HTTP client (wire format: websms-api.md). It never retries on its own: whether a
+ * send may be repeated depends on whether it can have reached WebSMS, so every failure is classified
+ * instead and the caller decides.
+ *
+ * The API key travels in the query string or form body, so got's errors (which can carry the URL)
+ * never leave this module: reasons are built from error codes and phases, and every text returned is
+ * scrubbed of the key as well.
+ */
+
+export interface WebsmsCredentials {
+  user: string;
+  apiKey: string;
+}
+
+export interface SendRequest {
+  /** International digits without '+', e.g. '375296254070'. */
+  msisdn: string;
+  text: string;
+  sender: string;
+  /** Our own reference (≤ 20 chars), the only way to look a send up when its answer was lost. */
+  customId: string;
+}
+
+export type SendOutcome =
+  | {
+      kind: 'accepted';
+      messageId: number;
+      price: number | null;
+      parts: number | null;
+      amount: number | null;
+      response: Record<string, unknown>;
+    }
+  /** WebSMS answered status:false; codes 1 and 7 are retryable, the rest final. */
+  | { kind: 'rejected'; code: number; description: string; retryable: boolean; response: Record<string, unknown> }
+  /** Certainly never reached WebSMS: a resend is safe. */
+  | { kind: 'not-sent'; reason: string }
+  /** May have been sent and charged: look it up by custom_id before any resend. */
+  | { kind: 'unknown'; reason: string };
+
+export type LookupOutcome =
+  | { kind: 'found'; statusCode: number; statusName: string; response: Record<string, unknown> }
+  | { kind: 'not-found' }
+  /** The lookup itself was impossible; it says nothing about the message. */
+  | { kind: 'failed'; reason: string };
+
+export interface Balance {
+  sms: number;
+  viber: number;
+}
+
+/**
+ * Thrown only by balance(). Codes: 'websms_<n>' (WebSMS answered status:false with error n),
+ * 'timeout', 'unreachable' (no answer over the network: refused, DNS, reset), 'bad_response'
+ * (non-2xx or not a WebSMS answer).
+ */
+export class WebsmsError extends Error {
+  readonly code: string;
+  readonly retryable: boolean;
+
+  constructor(code: string, message: string, retryable: boolean) {
+    super(message);
+    this.name = 'WebsmsError';
+    this.code = code;
+    this.retryable = retryable;
+  }
+}
+
+export interface WebsmsClientOptions {
+  /** e.g. 'https://cabinet.websms.by/api'; a trailing slash is tolerated. */
+  baseUrl: string;
+  /** How long to wait for WebSMS to answer once the request is out (headers, then again for the body). */
+  timeoutMs: number;
+  /** GET with a query string is what production has used; POST sends a urlencoded form. */
+  method?: 'GET' | 'POST';
+}
+
+export interface WebsmsClient {
+  /** Never throws for provider or network problems; classifies them. */
+  send(credentials: WebsmsCredentials, request: SendRequest): Promise<SendOutcome>;
+  lookupByCustomId(credentials: WebsmsCredentials, customId: string): Promise<LookupOutcome>;
+  balance(credentials: WebsmsCredentials): Promise<Balance>;
+  /** Destroys the keep-alive connections. */
+  close(): void;
+}
+
+// DNS, TCP and TLS set-up take milliseconds when WebSMS is healthy. Until they finish nothing has
+// been sent, so failing fast here costs nothing and the send stays safely retryable.
+const CONNECTION_SETUP_TIMEOUT_MS = 3_000;
+const CONNECTION_SETUP_PHASES = new Set(['lookup', 'connect', 'secureConnect']);
+// Errors raised only while a connection is being opened, before any byte of the request left us.
+// (EHOSTUNREACH and ENETUNREACH are not here: Linux can also report them on an established
+// connection whose request was already written, so they fall to "unknown".)
+const NEVER_CONNECTED_CODES = new Set(['ECONNREFUSED', 'ENOTFOUND', 'EAI_AGAIN']);
+const IDLE_CONNECTION_TIMEOUT_MS = 4_000;
+
+interface TransportFailure {
+  /** True when the request certainly never reached WebSMS. */
+  notSent: boolean;
+  timeout: boolean;
+  reason: string;
+}
+
+function describeTransportFailure(error: unknown): TransportFailure {
+  if (error instanceof TimeoutError) {
+    const notSent = CONNECTION_SETUP_PHASES.has(error.event);
+    return { notSent, timeout: true, reason: `timed out waiting for WebSMS (${error.event} phase)` };
+  }
+  const code = error instanceof RequestError ? error.code : 'unexpected error';
+  if (NEVER_CONNECTED_CODES.has(code)) return { notSent: true, timeout: false, reason: `could not connect to WebSMS (${code})` };
+  // ECONNRESET, EPIPE, "socket hang up", a body cut short: the request may have been processed.
+  return { notSent: false, timeout: false, reason: `connection to WebSMS failed (${code})` };
+}
+
+/** Removes the key, raw and in both URL encodings, from text that leaves the client. */
+function scrub(text: string, apiKey: string): string {
+  if (apiKey === '') return text;
+  const forms = new Set([apiKey, encodeURIComponent(apiKey), new URLSearchParams({ k: apiKey }).toString().slice(2)]);
+  let scrubbed = text;
+  for (const form of forms) scrubbed = scrubbed.replaceAll(form, '[redacted]');
+  return scrubbed;
+}
+
+function isRecord(value: unknown): value is Record<string, unknown> {
+  return typeof value === 'object' && value !== null && !Array.isArray(value);
+}
+
+/**
+ * A WebSMS answer is a JSON object with a boolean `status`; anything else is not one. Every string in
+ * it is scrubbed, so a provider text that echoes the key cannot leak through `response` or a
+ * description.
+ */
+function parseAnswer(body: string, apiKey: string): Record<string, unknown> | null {
+  let parsed: unknown;
+  try {
+    parsed = JSON.parse(body, (_name, value: unknown) => (typeof value === 'string' ? scrub(value, apiKey) : value));
+  } catch {
+    return null;
+  }
+  return isRecord(parsed) && typeof parsed.status === 'boolean' ? parsed : null;
+}
+
+// Numbers sometimes arrive as numeric strings.
+function toNumber(value: unknown): number | null {
+  if (typeof value === 'number') return Number.isFinite(value) ? value : null;
+  if (typeof value === 'string' && value.trim() !== '') {
+    const number = Number(value);
+    return Number.isFinite(number) ? number : null;
+  }
+  return null;
+}
+
+/**
+ * The code and description of a status:false answer. The error is usually an object, but a plain
+ * string is tolerated; without a numeric code the code is 0, which the table treats as final.
+ */
+function readProviderError(answer: Record<string, unknown>): { code: number; description: string } {
+  const { error } = answer;
+  if (typeof error === 'string' && error.trim() !== '') return { code: 0, description: error };
+  const code = isRecord(error) ? (toNumber(error.code) ?? 0) : 0;
+  const description = isRecord(error) && typeof error.description === 'string' && error.description.trim() !== '' ? error.description : describeWebsmsErrorCode(code).meaning;
+  return { code, description };
+}
+
+// A status:false lookup counts as "not found" only when it says exactly that; anything vaguer
+// ("User not found", an auth error) must not license a resend.
+const NOT_FOUND_DESCRIPTION = /^(message |sms )?not found\.?$/i;
+
+function isSuccess(statusCode: number): boolean {
+  return statusCode >= 200 && statusCode < 300;
+}
+
+function classifySendAnswer(response: Response<string>, apiKey: string): SendOutcome {
+  const { statusCode } = response;
+  // A 429 means the request was turned away at the door.
+  if (statusCode === 429) return { kind: 'not-sent', reason: 'HTTP 429: WebSMS refused the request (too many requests)' };
+  // A 5xx can come after the message was accepted (a crash while answering).
+  if (statusCode >= 500) return { kind: 'unknown', reason: `HTTP ${statusCode} from WebSMS` };
+  const answer = parseAnswer(response.body, apiKey);
+  // WebSMS reports its own errors as HTTP 200 JSON, so a 3xx/4xx without a WebSMS answer comes from
+  // something in front of it (proxy, WAF, wrong URL) and the spec does not say whether the message
+  // went through. We choose "unknown": it costs one lookup, and a persistent cause (a wrong URL)
+  // makes the lookup fail too, leaving the message for a human instead of risking a double charge.
+  if (answer === null) {
+    return {
+      kind: 'unknown',
+      reason: isSuccess(statusCode) ? 'WebSMS answered with something other than a JSON object with a boolean status' : `HTTP ${statusCode} from WebSMS without a WebSMS answer`,
+    };
+  }
+  // status:false is WebSMS's own refusal, whatever the HTTP status below 500.
+  if (answer.status === false) {
+    const { code, description } = readProviderError(answer);
+    return { kind: 'rejected', code, description, retryable: describeWebsmsErrorCode(code).retryable, response: answer };
+  }
+  if (!isSuccess(statusCode)) return { kind: 'unknown', reason: `HTTP ${statusCode} from WebSMS with status:true` };
+  const messageId = toNumber(answer.message_id);
+  if (messageId === null) return { kind: 'unknown', reason: 'WebSMS answered status:true without a numeric message_id' };
+  return {
+    kind: 'accepted',
+    messageId,
+    price: toNumber(answer.price),
+    parts: toNumber(answer.parts),
+    amount: toNumber(answer.amount),
+    response: answer,
+  };
+}
+
+function classifyLookupAnswer(response: Response<string>, apiKey: string): LookupOutcome {
+  if (!isSuccess(response.statusCode)) return { kind: 'failed', reason: `HTTP ${response.statusCode} from WebSMS` };
+  const answer = parseAnswer(response.body, apiKey);
+  if (answer === null) return { kind: 'failed', reason: 'WebSMS answered with something other than a JSON object with a boolean status' };
+  if (answer.status === false) {
+    const { code, description } = readProviderError(answer);
+    if (NOT_FOUND_DESCRIPTION.test(description.trim())) return { kind: 'not-found' };
+    return { kind: 'failed', reason: `WebSMS error ${code}: ${description}` };
+  }
+  const status = answer.message_status;
+  if (!isRecord(status)) return { kind: 'failed', reason: 'WebSMS answered status:true without message_status' };
+  // An unknown message is reported as `"code": false, "name": "Not found"`.
+  if (status.code === false) return { kind: 'not-found' };
+  const statusCode = toNumber(status.code);
+  if (statusCode === null) return { kind: 'failed', reason: 'WebSMS answered a message_status without a numeric code' };
+  const statusName = typeof status.name === 'string' ? status.name : '';
+  return { kind: 'found', statusCode, statusName, response: answer };
+}
+
+function readBalance(response: Response<string>, apiKey: string): Balance {
+  const { statusCode } = response;
+  if (!isSuccess(statusCode)) throw new WebsmsError('bad_response', `HTTP ${statusCode} from WebSMS`, statusCode >= 500 || statusCode === 429);
+  const answer = parseAnswer(response.body, apiKey);
+  if (answer === null) throw new WebsmsError('bad_response', 'WebSMS answered with something other than a JSON object with a boolean status', true);
+  if (answer.status === false) {
+    const { code, description } = readProviderError(answer);
+    throw new WebsmsError(`websms_${code}`, `WebSMS error ${code}: ${description}`, describeWebsmsErrorCode(code).retryable);
+  }
+  const sms = toNumber(answer.sms);
+  if (sms === null) throw new WebsmsError('bad_response', 'WebSMS balance answer without a numeric sms balance', true);
+  // The viber balance is secondary; an account without Viber may leave it out.
+  return { sms, viber: toNumber(answer.viber) ?? 0 };
+}
+
+export function createWebsmsClient(options: WebsmsClientOptions): WebsmsClient {
+  const baseUrl = options.baseUrl.replace(/\/+$/, '');
+  // A malformed base URL is a configuration bug: fail at start-up, not as a "network" outcome.
+  new URL(baseUrl);
+  const method = options.method ?? 'GET';
+  // Keep-alive saves a TCP and TLS handshake per call. Writing on a kept connection that the server
+  // has just closed fails with ECONNRESET, which must be classified "unknown" (a lookup before any
+  // resend), so idle connections are dropped before common server keep-alive limits (5 s in Apache
+  // and Node) run out. The agent's timeout only closes idle sockets; got times the active ones.
+  const agentOptions = { keepAlive: true, timeout: IDLE_CONNECTION_TIMEOUT_MS };
+  const agent = { http: new http.Agent(agentOptions), https: new https.Agent(agentOptions) };
+  const request = got.extend({
+    agent,
+    retry: { limit: 0 },
+    timeout: {
+      lookup: CONNECTION_SETUP_TIMEOUT_MS,
+      connect: CONNECTION_SETUP_TIMEOUT_MS,
+      secureConnect: CONNECTION_SETUP_TIMEOUT_MS,
+      send: options.timeoutMs,
+      response: options.timeoutMs,
+      read: options.timeoutMs,
+    },
+    throwHttpErrors: false,
+    // A redirect would carry the key to another URL and repeat the call: classify the 3xx instead.
+    followRedirect: false,
+  });
+
+  function call(path: string, params: Record<string, string>): Promise<Response<string>> {
+    const url = `${baseUrl}/${path}`;
+    return method === 'GET'
+      ? request.get(url, { searchParams: params, responseType: 'text' })
+      : request.post(url, { form: params, responseType: 'text' });
+  }
+
+  return {
+    async send(credentials, sms) {
+      let response: Response<string>;
+      try {
+        response = await call('send/sms', {
+          user: credentials.user,
+          apikey: credentials.apiKey,
+          msisdn: sms.msisdn,
+          text: sms.text,
+          sender: sms.sender,
+          custom_id: sms.customId,
+        });
+      } catch (error) {
+        const failure = describeTransportFailure(error);
+        return { kind: failure.notSent ? 'not-sent' : 'unknown', reason: scrub(failure.reason, credentials.apiKey) };
+      }
+      return classifySendAnswer(response, credentials.apiKey);
+    },
+
+    async lookupByCustomId(credentials, customId) {
+      let response: Response<string>;
+      try {
+        response = await call('statusCustom/sms', { user: credentials.user, apikey: credentials.apiKey, custom_id: customId });
+      } catch (error) {
+        return { kind: 'failed', reason: scrub(describeTransportFailure(error).reason, credentials.apiKey) };
+      }
+      return classifyLookupAnswer(response, credentials.apiKey);
+    },
+
+    async balance(credentials) {
+      let response: Response<string>;
+      try {
+        response = await call('balances', { user: credentials.user, apikey: credentials.apiKey });
+      } catch (error) {
+        const failure = describeTransportFailure(error);
+        // Reading a balance changes nothing, so any transport failure may be retried.
+        throw new WebsmsError(failure.timeout ? 'timeout' : 'unreachable', scrub(failure.reason, credentials.apiKey), true);
+      }
+      return readBalance(response, credentials.apiKey);
+    },
+
+    close() {
+      agent.http.destroy();
+      agent.https.destroy();
+    },
+  };
+}
