@@ -10,32 +10,32 @@ import type { AddressInfo } from 'node:net';
  *
  * | name                 | msisdn       | behaviour                                                        |
  * |----------------------|--------------|------------------------------------------------------------------|
- * | invalidCredentials   | 375290000004 | error 4 (invalid user or apikey)                                 |
- * | invalidNumber        | 375290000100 | error 100 (invalid number)                                       |
- * | rateLimited          | 375290000007 | error 7 on every call                                            |
- * | rateLimitedOnce      | 375290000017 | error 7 on the first call for a custom_id, then normal success   |
- * | internalErrorOnce    | 375290000001 | error 1 on the first call for a custom_id, then normal success   |
- * | http500              | 375290000500 | HTTP 500 with an HTML body; the message is NOT accepted          |
- * | acceptedThenHttp500  | 375290000501 | the message IS accepted (visible to statusCustom), then HTTP 500 |
- * | garbage              | 375290000502 | HTTP 200 with a non-JSON body; the message is NOT accepted       |
- * | hangOnce             | 375290000408 | first call for a custom_id: never answers, nothing accepted      |
- * | acceptedThenHangOnce | 375290000409 | first call for a custom_id: accepted, then never answers         |
+ * | invalidCredentials   | 375330000004 | error 4 (invalid user or apikey)                                 |
+ * | invalidNumber        | 375330000100 | error 100 (invalid number)                                       |
+ * | rateLimited          | 375330000007 | error 7 on every call                                            |
+ * | rateLimitedOnce      | 375330000017 | error 7 on the first call for a custom_id, then normal success   |
+ * | internalErrorOnce    | 375330000001 | error 1 on the first call for a custom_id, then normal success   |
+ * | http500              | 375330000500 | HTTP 500 with an HTML body; the message is NOT accepted          |
+ * | acceptedThenHttp500  | 375330000501 | the message IS accepted (visible to statusCustom), then HTTP 500 |
+ * | garbage              | 375330000502 | HTTP 200 with a non-JSON body; the message is NOT accepted       |
+ * | hangOnce             | 375330000408 | first call for a custom_id: never answers, nothing accepted      |
+ * | acceptedThenHangOnce | 375330000409 | first call for a custom_id: accepted, then never answers         |
  *
  * "First call for a custom_id" is per account; a send without custom_id counts as one more id.
  * Every other valid number is accepted. A hanging request holds its connection open until the client
  * gives up or the sandbox closes.
  */
 export const sandboxTriggers = {
-  invalidCredentials: '375290000004',
-  invalidNumber: '375290000100',
-  rateLimited: '375290000007',
-  rateLimitedOnce: '375290000017',
-  internalErrorOnce: '375290000001',
-  http500: '375290000500',
-  acceptedThenHttp500: '375290000501',
-  garbage: '375290000502',
-  hangOnce: '375290000408',
-  acceptedThenHangOnce: '375290000409',
+  invalidCredentials: '375330000004',
+  invalidNumber: '375330000100',
+  rateLimited: '375330000007',
+  rateLimitedOnce: '375330000017',
+  internalErrorOnce: '375330000001',
+  http500: '375330000500',
+  acceptedThenHttp500: '375330000501',
+  garbage: '375330000502',
+  hangOnce: '375330000408',
+  acceptedThenHangOnce: '375330000409',
 } as const;
 
 export interface SandboxAccount {
