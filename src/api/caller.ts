@@ -10,7 +10,7 @@ export interface ApiCaller {
 }
 
 /** Set by the authentication middleware; absent when authentication is off. */
-export function callerOf(res: Response): ApiCaller | undefined {
+export function authenticatedCaller(res: Response): ApiCaller | undefined {
   return (res.locals as { caller?: ApiCaller }).caller;
 }
 
@@ -19,6 +19,6 @@ export function callerOf(res: Response): ApiCaller | undefined {
  * gets the same 404 as for an unknown enterprise, so enterprise numbers cannot be probed.
  */
 export function mayUseEnterprise(res: Response, enterpriseNumber: string): boolean {
-  const caller = callerOf(res);
+  const caller = authenticatedCaller(res);
   return !caller || caller.enterprises === 'all' || caller.enterprises.has(enterpriseNumber);
 }
