@@ -48,6 +48,10 @@ const environmentSchema = z.object({
   // Express "trust proxy" value: peers allowed to set X-Forwarded-For / X-Real-IP.
   TRUSTED_PROXIES: z.string().default('loopback'),
   BODY_LIMIT_BYTES: integer(1_024, 10_485_760).default(65_536),
+  // Operator surfaces (dashboard, metrics, reports). No default password: unset means the
+  // dashboard is off and metrics/reports are as open as the rest of the API.
+  ADMIN_USER: z.string().min(1).optional(),
+  ADMIN_PASSWORD: z.string().min(8, 'must be at least 8 characters').optional(),
 });
 
 export type Environment = z.infer<typeof environmentSchema>;
@@ -77,6 +81,7 @@ export interface Config {
   readonly logLevel: Environment['LOG_LEVEL'];
   readonly trustedProxies: string;
   readonly bodyLimitBytes: number;
+  readonly admin: { readonly user: string; readonly password: string } | undefined;
 }
 
 export class ConfigError extends Error {
@@ -93,6 +98,9 @@ export function loadConfig(env: NodeJS.ProcessEnv = process.env): Config {
     throw new ConfigError(`Invalid configuration: ${problems.join('; ')}`);
   }
   const e = parsed.data;
+  if ((e.ADMIN_USER === undefined) !== (e.ADMIN_PASSWORD === undefined)) {
+    throw new ConfigError('Invalid configuration: ADMIN_USER and ADMIN_PASSWORD must be set together');
+  }
   return Object.freeze({
     port: e.PORT,
     host: e.HOST,
@@ -122,5 +130,6 @@ export function loadConfig(env: NodeJS.ProcessEnv = process.env): Config {
     logLevel: e.LOG_LEVEL,
     trustedProxies: e.TRUSTED_PROXIES,
     bodyLimitBytes: e.BODY_LIMIT_BYTES,
+    admin: e.ADMIN_USER && e.ADMIN_PASSWORD ? Object.freeze({ user: e.ADMIN_USER, password: e.ADMIN_PASSWORD }) : undefined,
   });
 }

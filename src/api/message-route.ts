@@ -30,6 +30,7 @@ export function messageRoute(db: Db): Router {
       created_at: record.createdAt?.toISOString() ?? null,
       sent_at: record.sentAt?.toISOString() ?? null,
       updated_at: record.updatedAt.toISOString(),
+      resent_after_unknown: record.resentAfterUnknown,
       expected_send_at: !isFinal(record.status) && record.notBefore ? record.notBefore.toISOString() : null,
     });
   });

@@ -92,6 +92,7 @@ export const messageSchema = z
     created_at: z.string().nullable(),
     sent_at: z.string().nullable(),
     updated_at: z.string(),
+    resent_after_unknown: z.boolean().meta({ description: 'Resent after WebSMS said an unknown attempt never arrived: a possible duplicate' }),
     expected_send_at: z.string().nullable(),
   });
 

@@ -42,6 +42,7 @@ export interface UserSmsSendTable {
   updated_at: ColumnType<Date, never, never>;
   idempotency_key: string | null;
   request_hash: string | null;
+  resent_after_unknown: ColumnType<boolean, never, boolean>;
 }
 
 export interface EnterprisesTable {

@@ -165,13 +165,14 @@ async function resendLater(
   claimed: { id: number; enterpriseNumber: string },
   failure: Failure,
   log: Record<string, unknown>,
+  afterUnknown = false,
 ): Promise<DeliveryStep> {
   if (attempt.lastAttempt) {
     deps.logger.warn({ ...log, outcome: 'failed', code: failure.code }, 'sms not sent; attempts exhausted');
     return fail(deps, claimed, failure);
   }
   deps.logger.info({ ...log, outcome: 'retry', code: failure.code }, 'sms not sent; will retry');
-  await releaseForResend(deps.db, claimed.id, failure);
+  await releaseForResend(deps.db, claimed.id, failure, afterUnknown);
   return { kind: 'retry', reason: failure.message };
 }
 
@@ -212,7 +213,8 @@ async function reconcile(
       await recordAccepted(deps.db, id, { websmsMessageId: websmsIdOf(lookup.response), price: null, parts: null, amount: null, response: { lookup: lookup.response } });
       return finishedFromRow(deps, id);
     case 'not-found':
-      return resendLater(deps, attempt, { id, enterpriseNumber: attempt.enterpriseNumber }, { code: 'not_sent', message: 'WebSMS never received the message; resending' }, log);
+      deps.logger.warn({ ...log, outcome: 'resend' }, 'WebSMS has no record of the unknown attempt; resending (recorded as a possible duplicate)');
+      return resendLater(deps, attempt, { id, enterpriseNumber: attempt.enterpriseNumber }, { code: 'not_sent', message: 'WebSMS never received the message; resending' }, log, true);
     case 'failed': {
       const failure = { code: 'lookup_failed', message: scrub(`Outcome unknown; lookup failed: ${lookup.reason}`, credentials) };
       if (attempt.lastAttempt) {

@@ -29,6 +29,8 @@ export interface MessageRecord {
   sentAt: Date | null;
   updatedAt: Date;
   notBefore: Date | null;
+  /** resent because WebSMS's lookup said the first attempt never arrived: a possible duplicate */
+  resentAfterUnknown: boolean;
 }
 
 /** What a finished delivery reports back through the queue: no phone, text or key. */

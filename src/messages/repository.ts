@@ -90,6 +90,7 @@ export async function findMessage(db: Db, id: number): Promise<MessageRecord | u
       localInstant('sent_at'),
       'updated_at',
       'not_before',
+      'resent_after_unknown',
     ])
     .where('id', '=', String(id))
     .executeTakeFirst();
@@ -114,6 +115,7 @@ export async function findMessage(db: Db, id: number): Promise<MessageRecord | u
     sentAt: row.sent_at,
     updatedAt: row.updated_at,
     notBefore: row.not_before,
+    resentAfterUnknown: row.resent_after_unknown,
   };
 }
 
@@ -272,11 +274,21 @@ async function finish(db: Db, id: number, status: 'failed' | 'unknown', failure:
   return result.numUpdatedRows > 0n;
 }
 
-/** sending → queued: certainly not sent (refused connection, error 1/7, lookup said "not found"). */
-export async function releaseForResend(db: Db, id: number, failure: Failure): Promise<void> {
+/**
+ * sending → queued: not sent (refused connection, error 1/7, lookup said "not found").
+ * `afterUnknown`: the previous call's outcome was unknown and only WebSMS's lookup says it was not
+ * sent; the row keeps that on record, since a wrong lookup would make the resend a duplicate.
+ */
+export async function releaseForResend(db: Db, id: number, failure: Failure, afterUnknown = false): Promise<void> {
   await db
     .updateTable('user_sms_send')
-    .set({ status: 'queued', error_message: failure.message, error_code: failure.code, updated_at: sql`now()` })
+    .set({
+      status: 'queued',
+      error_message: failure.message,
+      error_code: failure.code,
+      updated_at: sql`now()`,
+      ...(afterUnknown ? { resent_after_unknown: true } : {}),
+    })
     .where('id', '=', String(id))
     .where('status', '=', 'sending')
     .execute();

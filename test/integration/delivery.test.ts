@@ -103,14 +103,14 @@ describe('each WebSMS failure class gives its documented outcome, never a duplic
 
   it('a hang after accepting times out, is looked up, found, and never resent', async () => {
     const { row, calls, accepted } = await sendAndSettle(`+${sandboxTriggers.acceptedThenHangOnce}`);
-    expect(row.status).toBe('success');
+    expect(row).toMatchObject({ status: 'success', resent_after_unknown: false });
     expect(calls).toHaveLength(1);
     expect(accepted).toHaveLength(1);
   });
 
-  it('a hang before accepting times out, is looked up, not found, and resent once', async () => {
+  it('a hang before accepting times out, is looked up, not found, resent once, and recorded as a possible duplicate', async () => {
     const { row, calls, accepted } = await sendAndSettle(`+${sandboxTriggers.hangOnce}`);
-    expect(row).toMatchObject({ status: 'success', attempts: 2 });
+    expect(row).toMatchObject({ status: 'success', attempts: 2, resent_after_unknown: true });
     expect(calls).toHaveLength(2);
     expect(accepted).toHaveLength(1);
   });
