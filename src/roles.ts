@@ -74,11 +74,17 @@ export async function startApi(config: Config, logger: Logger): Promise<RunningA
     deps,
     async stop() {
       const closed = new Promise<void>((resolve) => server.close(() => resolve()));
-      server.closeIdleConnections();
       // Waiting requests are answered now with where their message stands (202 + id): the
       // messages themselves stay queued and will be sent.
       waiter.releaseAll();
+      // Keep-alive sockets become idle as their last answers go out: close them as they do, and
+      // cut whatever is left after a grace period.
+      const sweepIdle = setInterval(() => server.closeIdleConnections(), 100);
+      server.closeIdleConnections();
+      const hardClose = setTimeout(() => server.closeAllConnections(), 5_000);
       await closed;
+      clearInterval(sweepIdle);
+      clearTimeout(hardClose);
       await waiter.close();
       eventsRedis.disconnect();
       await deps.close();

@@ -1,0 +1,131 @@
+import { randomBytes } from 'node:crypto';
+import { afterAll, describe, expect, it } from 'vitest';
+import { inject } from 'vitest';
+import { sql } from 'kysely';
+import pg from 'pg';
+import { createDb, type Db } from '../../src/db/database.ts';
+import { migrateToLatest } from '../../src/db/migrate.ts';
+
+// Migrations meet databases the old service has used for years: they must keep its table, rows
+// and indexes exactly, and be safe to run twice and from several processes at once.
+
+const OLD_DDL = `
+CREATE TABLE user_sms_send (
+    id BIGSERIAL PRIMARY KEY, enterprise_number VARCHAR(10) NOT NULL, enterprise_name VARCHAR(255) DEFAULT NULL,
+    phone VARCHAR(20) NOT NULL, text TEXT NOT NULL, sender VARCHAR(11) DEFAULT NULL, message_id BIGINT DEFAULT NULL,
+    custom_id VARCHAR(20) DEFAULT NULL, status VARCHAR(10) NOT NULL, price DECIMAL(10,6) DEFAULT NULL,
+    parts SMALLINT DEFAULT NULL, amount DECIMAL(10,6) DEFAULT NULL, error_message TEXT DEFAULT NULL,
+    service_name VARCHAR(50) DEFAULT NULL, request_ip INET DEFAULT NULL, user_agent VARCHAR(255) DEFAULT NULL,
+    response_data JSONB DEFAULT NULL, created_at TIMESTAMP DEFAULT CURRENT_TIMESTAMP, sent_at TIMESTAMP DEFAULT NULL);
+CREATE INDEX idx_user_sms_enterprise_number ON user_sms_send(enterprise_number);
+CREATE TABLE enterprises (id SERIAL PRIMARY KEY, number VARCHAR(10) UNIQUE NOT NULL, name VARCHAR(255),
+    custom_domain TEXT, active BOOLEAN, secret TEXT);`;
+
+const DOCUMENTED_COLUMNS: Record<string, string> = {
+  id: 'bigint',
+  enterprise_number: 'character varying(10)',
+  enterprise_name: 'character varying(255)',
+  phone: 'character varying(20)',
+  text: 'text',
+  sender: 'character varying(11)',
+  message_id: 'bigint',
+  custom_id: 'character varying(20)',
+  status: 'character varying(10)',
+  price: 'numeric(10,6)',
+  parts: 'smallint',
+  amount: 'numeric(10,6)',
+  error_message: 'text',
+  service_name: 'character varying(50)',
+  request_ip: 'inet',
+  user_agent: 'character varying(255)',
+  response_data: 'jsonb',
+  created_at: 'timestamp without time zone',
+  sent_at: 'timestamp without time zone',
+};
+
+const DOCUMENTED_INDEXES = ['enterprise_number', 'phone', 'created_at', 'message_id', 'custom_id', 'status', 'service_name', 'sent_at'].map(
+  (c) => `idx_user_sms_${c}`,
+);
+
+const databases: string[] = [];
+const serverUrl = inject('serverDatabaseUrl');
+
+async function emptyDatabase(): Promise<string> {
+  const name = `sms_test_${inject('runId')}_m${randomBytes(3).toString('hex')}`;
+  const admin = new pg.Client({ connectionString: serverUrl });
+  await admin.connect();
+  await admin.query(`CREATE DATABASE ${name}`);
+  await admin.end();
+  databases.push(name);
+  const url = new URL(serverUrl);
+  url.pathname = `/${name}`;
+  return url.toString();
+}
+
+async function columnTypes(db: Db): Promise<Record<string, string>> {
+  const { rows } = await sql<{ column_name: string; type: string }>`
+    SELECT a.attname AS column_name, format_type(a.atttypid, a.atttypmod) AS type
+    FROM pg_attribute a WHERE a.attrelid = 'user_sms_send'::regclass AND a.attnum > 0 AND NOT a.attisdropped`.execute(db);
+  return Object.fromEntries(rows.map((r) => [r.column_name, r.type]));
+}
+
+async function indexNames(db: Db): Promise<string[]> {
+  const { rows } = await sql<{ indexname: string }>`SELECT indexname FROM pg_indexes WHERE tablename = 'user_sms_send'`.execute(db);
+  return rows.map((r) => r.indexname);
+}
+
+afterAll(async () => {
+  const admin = new pg.Client({ connectionString: serverUrl });
+  await admin.connect();
+  for (const name of databases) await admin.query(`DROP DATABASE IF EXISTS ${name} WITH (FORCE)`);
+  await admin.end();
+});
+
+describe('migrations', () => {
+  it('create both tables, the documented columns with their exact types, and all eight documented indexes on an empty database', async () => {
+    const db = createDb(await emptyDatabase(), { max: 1 });
+    try {
+      await migrateToLatest(db);
+      expect(await columnTypes(db)).toMatchObject(DOCUMENTED_COLUMNS);
+      expect(await indexNames(db)).toEqual(expect.arrayContaining(DOCUMENTED_INDEXES));
+      const enterprises = await sql<{ n: string }>`SELECT count(*) AS n FROM enterprises`.execute(db);
+      expect(enterprises.rows[0]?.n).toBe('0');
+    } finally {
+      await db.destroy();
+    }
+  });
+
+  it("keep the old service's table, rows and enterprises table untouched, adding only new columns", async () => {
+    const url = await emptyDatabase();
+    const db = createDb(url, { max: 1 });
+    try {
+      await sql.raw(OLD_DDL).execute(db);
+      await sql`INSERT INTO enterprises (number, name, custom_domain, active, secret) VALUES ('0367', 'june', 'u k', true, 's')`.execute(db);
+      await sql`INSERT INTO user_sms_send (enterprise_number, phone, text, status, amount) VALUES ('0367', '+375296254070', 'old', 'success', 0.014732)`.execute(db);
+      await migrateToLatest(db);
+      expect(await columnTypes(db)).toMatchObject(DOCUMENTED_COLUMNS);
+      expect(await indexNames(db)).toEqual(expect.arrayContaining(DOCUMENTED_INDEXES));
+      const old = await sql<{ text: string; status: string; attempts: number }>`SELECT text, status, attempts FROM user_sms_send`.execute(db);
+      expect(old.rows).toEqual([{ text: 'old', status: 'success', attempts: 0 }]);
+      const enterprise = await sql<{ secret: string }>`SELECT secret FROM enterprises WHERE number = '0367'`.execute(db);
+      expect(enterprise.rows[0]?.secret).toBe('s');
+    } finally {
+      await db.destroy();
+    }
+  });
+
+  it('are safe to run twice and from several processes at once', async () => {
+    const url = await emptyDatabase();
+    const pools = [1, 2, 3].map(() => createDb(url, { max: 1 }));
+    try {
+      const results = await Promise.all(pools.map((db) => migrateToLatest(db)));
+      // Exactly one run applied each migration; the others found nothing to do.
+      const applied = results.flat().map((r) => r.migrationName);
+      expect(new Set(applied).size).toBe(applied.length);
+      expect(applied.length).toBeGreaterThan(0);
+      expect(await migrateToLatest(pools[0]!)).toEqual([]);
+    } finally {
+      await Promise.all(pools.map((db) => db.destroy()));
+    }
+  });
+});

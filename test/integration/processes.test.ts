@@ -1,0 +1,135 @@
+import { execFileSync } from 'node:child_process';
+import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest';
+import { createTestEnv, DEMO_KEY, DEMO_USER, eventually, postJson, type TestEnv } from '../support/context.ts';
+import { freePort, spawnRole, waitForHttp, type ServiceProcess } from '../support/service-processes.ts';
+
+// The service as operators run it: real processes, signals and exit codes.
+
+const PHONE = '+375296254070';
+let env: TestEnv;
+const started: ServiceProcess[] = [];
+
+function serviceEnv(port: number, extra: Record<string, string> = {}): Record<string, string> {
+  return {
+    PORT: String(port),
+    DATABASE_URL: env.config.databaseUrl,
+    REDIS_URL: env.config.redisUrl,
+    WEBSMS_BASE_URL: env.config.websms.baseUrl,
+    QUEUE_PREFIX: env.config.queuePrefix,
+    WEBSMS_TIMEOUT_MS: '2000',
+    ...extra,
+  };
+}
+
+function start(role: 'all' | 'api' | 'worker', vars: Record<string, string>): ServiceProcess {
+  const child = spawnRole(role, vars);
+  started.push(child);
+  return child;
+}
+
+/** /health counts the workers connected to the queue; processes start slowly on a busy machine. */
+async function workersLive(port: number, count: number): Promise<void> {
+  await eventually(async () => {
+    const health = (await (await fetch(`http://127.0.0.1:${port}/health`)).json()) as { workers: number };
+    return health.workers === count ? true : undefined;
+  }, 30_000);
+}
+
+function alive(pid: number): boolean {
+  try {
+    process.kill(pid, 0);
+    return true;
+  } catch {
+    return false;
+  }
+}
+
+function childPids(pid: number): number[] {
+  try {
+    return execFileSync('pgrep', ['-P', String(pid)], { encoding: 'utf8' }).split('\n').filter(Boolean).map(Number);
+  } catch {
+    return [];
+  }
+}
+
+beforeAll(async () => {
+  env = await createTestEnv();
+  await env.seedEnterprise({ number: '0367', customDomain: `${DEMO_USER} ${DEMO_KEY}` });
+});
+afterEach(async () => {
+  await Promise.all(started.splice(0).map((p) => p.kill9()));
+});
+afterAll(async () => {
+  await env?.cleanup();
+});
+
+describe('service processes', () => {
+  it('`all` runs migrations, the API and supervised workers, and SIGTERM stops every one of them with exit 0', async () => {
+    const port = await freePort();
+    const service = start('all', serviceEnv(port, { WORKER_PROCESSES: '2' }));
+    await waitForHttp(`http://127.0.0.1:${port}/health`);
+    await workersLive(port, 2);
+    const sent = await postJson(`http://127.0.0.1:${port}`, '/send', { enterprise_number: '0367', phone: PHONE, text: 'from npm start' });
+    expect(sent.status).toBe(200);
+    expect(sent.json.success).toBe(true);
+
+    const workers = childPids(service.pid);
+    expect(workers).toHaveLength(2);
+    expect(await service.stop(30_000)).toBe(0);
+    await eventually(async () => (workers.every((pid) => !alive(pid)) ? true : undefined), 10_000);
+  });
+
+  it('runs the API and any number of workers as separate processes', async () => {
+    const port = await freePort();
+    start('worker', serviceEnv(port));
+    start('worker', serviceEnv(port));
+    start('api', serviceEnv(port));
+    await waitForHttp(`http://127.0.0.1:${port}/health`);
+    await workersLive(port, 2);
+    const sent = await postJson(`http://127.0.0.1:${port}`, '/send', { enterprise_number: '0367', phone: PHONE, text: 'split roles' });
+    expect(sent.json.success).toBe(true);
+  });
+
+  it('on SIGTERM answers waiting callers at once with 202 and the message id, and loses nothing', async () => {
+    const port = await freePort();
+    const limits = { RATE_LIMIT_PER_WINDOW: '1', RATE_LIMIT_WINDOW_MS: '4000', RATE_LIMIT_MARGIN_MS: '0', SEND_WAIT_MS: '20000' };
+    start('worker', serviceEnv(port, limits));
+    const api = start('api', serviceEnv(port, limits));
+    await waitForHttp(`http://127.0.0.1:${port}/health`);
+    const base = `http://127.0.0.1:${port}`;
+    expect((await postJson(base, '/send', { enterprise_number: '0367', phone: PHONE, text: 'drain first' })).status).toBe(200);
+
+    // This one waits for its slot (about 4 s away) when the API is told to stop.
+    const waiting = postJson(base, '/send', { enterprise_number: '0367', phone: PHONE, text: 'drain second' });
+    await new Promise((r) => setTimeout(r, 500));
+    const signalledAt = Date.now();
+    api.child.kill('SIGTERM');
+    const answer = await waiting;
+    expect(Date.now() - signalledAt).toBeLessThan(3_000);
+    expect(answer.status).toBe(202);
+    expect(answer.json.id).toEqual(expect.any(Number));
+    expect(await api.exited).toBe(0);
+
+    // The worker still sends it when its slot comes.
+    const row = await eventually(async () => {
+      const r = await env.db.selectFrom('user_sms_send').select(['status']).where('id', '=', String(answer.json.id)).executeTakeFirst();
+      return r?.status === 'success' ? r : undefined;
+    }, 15_000);
+    expect(row.status).toBe('success');
+    expect(env.sandbox.acceptedSends().filter((c) => c.text === 'drain second')).toHaveLength(1);
+  });
+
+  it('refuses to start on an invalid setting, naming the variable', async () => {
+    const service = start('api', serviceEnv(8014, { PORT: 'eighty', RATE_LIMIT_WINDOW_MS: '5' }));
+    expect(await service.exited).toBe(2);
+    const output = service.output().join('\n');
+    expect(output).toContain('PORT');
+    expect(output).toContain('RATE_LIMIT_WINDOW_MS');
+  });
+
+  it('refuses to start with a clear message when Redis is unreachable', async () => {
+    const service = start('worker', serviceEnv(await freePort(), { REDIS_URL: `redis://127.0.0.1:${await freePort()}` }));
+    expect(await service.exited).toBe(1);
+    expect(service.output().join('\n')).toContain('Redis is not reachable');
+  }, 30_000);
+});
