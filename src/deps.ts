@@ -29,7 +29,8 @@ export interface Deps {
   limiter: RollingWindowLimiter;
   websms: WebsmsClient;
   enqueue: (messageId: number, enterpriseNumber: string) => Promise<void>;
-  hasJob: (messageId: number) => Promise<boolean>;
+  jobState: (messageId: number) => Promise<'missing' | 'failed' | 'alive'>;
+  retryFailed: (messageId: number) => Promise<void>;
   close: () => Promise<void>;
 }
 
@@ -64,8 +65,12 @@ export async function createDeps(config: Config, logger: Logger, role: 'api' | '
     async enqueue(messageId, enterpriseNumber) {
       await queue.add(SEND_JOB, { messageId, enterpriseNumber }, sendJobOptions(messageId, policy));
     },
-    async hasJob(messageId) {
-      return (await queue.getJobState(jobIdFor(messageId))) !== 'unknown';
+    async jobState(messageId) {
+      const state = await queue.getJobState(jobIdFor(messageId));
+      return state === 'unknown' ? 'missing' : state === 'failed' ? 'failed' : 'alive';
+    },
+    async retryFailed(messageId) {
+      await (await queue.getJob(jobIdFor(messageId)))?.retry('failed', { resetAttemptsMade: true, resetAttemptsStarted: false });
     },
     async close() {
       websms.close();

@@ -116,7 +116,7 @@ export async function startWorker(config: Config, logger: Logger): Promise<Runni
   });
   await worker.waitUntilReady();
   const sweeper = createSweeper(
-    { db: deps.db, logger, hasJob: deps.hasJob, enqueue: deps.enqueue },
+    { db: deps.db, logger, jobState: deps.jobState, enqueue: deps.enqueue, retryFailed: deps.retryFailed },
     { intervalMs: config.sweeper.intervalMs, idleMs: config.sweeper.pendingAfterMs },
   );
   sweeper.start();

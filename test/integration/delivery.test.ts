@@ -274,3 +274,39 @@ describe('the rate limit holds end to end across several workers', () => {
     expect(times[8]! - times[0]!).toBeLessThan(3 * WINDOW_MS);
   });
 });
+
+describe('a job that failed for good while its row was unfinished', () => {
+  let env: TestEnv;
+
+  beforeAll(async () => {
+    env = await createTestEnv({ SWEEP_INTERVAL_MS: '1000', SWEEP_PENDING_AFTER_MS: '1000' });
+    await env.seedEnterprise({ number: '0367', customDomain: CREDENTIALS });
+  });
+  afterAll(async () => {
+    await env?.cleanup();
+  });
+
+  it('is retried by the sweeper, because the row, not the job, says whether the message went out', async () => {
+    const { Queue, Worker, UnrecoverableError } = await import('bullmq');
+    const id = await insertPendingMessage(env.db, { enterpriseNumber: '0367', enterpriseName: null, phone: PHONE, text: 'revived', sender: 'Vochi-CRM', customId: null, serviceName: null, requestIp: null, userAgent: null });
+    const queue = new Queue('user-sms-send', { connection: env.redis, prefix: env.config.queuePrefix });
+    await queue.add('send', { messageId: id, enterpriseNumber: '0367' }, { jobId: `m${id}`, attempts: 1 });
+    // Stands in for a worker whose last attempt died on a PostgreSQL outage.
+    const failing = new Worker(
+      'user-sms-send',
+      () => {
+        throw new UnrecoverableError('database unavailable');
+      },
+      { connection: env.redis.duplicate({ maxRetriesPerRequest: null }), prefix: env.config.queuePrefix },
+    );
+    await eventually(async () => ((await queue.getJobState(`m${id}`)) === 'failed' ? true : undefined));
+    await failing.close();
+
+    await env.startService({ workers: 1, api: false });
+    const row = await finalRow(env, id, 15_000);
+    expect(row.status).toBe('success');
+    expect(env.sandbox.acceptedSends().filter((c) => c.text === 'revived')).toHaveLength(1);
+    expect(env.logLines().some((l) => l.includes('retried the failed job'))).toBe(true);
+    await queue.close();
+  });
+});
