@@ -2,11 +2,19 @@ import express, { type Express } from 'express';
 import type { Db } from './db/database.ts';
 import type { Logger } from './logger.ts';
 import type { AcceptDeps } from './messages/accept.ts';
+import { callerAuthentication, type ApiToken } from './api/auth.ts';
+import { requestRateLimit, type RequestRateLimiter } from './api/request-rate-limit.ts';
 import { docsRoute } from './api/docs-route.ts';
 import { errorHandler, notFoundHandler } from './api/errors.ts';
 import { messageRoute } from './api/message-route.ts';
+import { balanceRoute } from './api/balance-route.ts';
+import { reportRoutes } from './api/report-routes.ts';
+import type { AdminCredentials } from './api/admin-auth.ts';
+import type { BalancePorts } from './enterprises/balance.ts';
 import { sendRoute } from './api/send-route.ts';
 import { serviceRoutes, type HealthProbes, type ServiceInfo } from './api/service-routes.ts';
+import { metricsRoute, type MetricsRouteDeps } from './api/metrics-route.ts';
+import { dashboardRoutes, type DashboardDeps } from './api/dashboard.ts';
 
 export interface AppDeps {
   logger: Logger;
@@ -16,6 +24,18 @@ export interface AppDeps {
   info: ServiceInfo;
   trustedProxies: string;
   bodyLimitBytes: number;
+  /** API_TOKENS; undefined: caller authentication off */
+  apiTokens?: readonly ApiToken[] | undefined;
+  /** undefined: no per-caller request limit */
+  requestRateLimiter?: RequestRateLimiter | undefined;
+  /** WebSMS balance reads for GET /enterprises/{number}/balance; undefined: that route is not mounted */
+  websmsBalance?: BalancePorts['websms'] | undefined;
+  /** ADMIN_USER/ADMIN_PASSWORD, guarding GET /reports/*; undefined: reports are open like the rest of the API */
+  reportsAdmin?: AdminCredentials | undefined;
+  /** GET /metrics (metrics-route.ts); undefined: not mounted */
+  metrics?: MetricsRouteDeps | undefined;
+  /** the queue dashboard on /admin/queues (dashboard.ts); undefined: not mounted */
+  dashboard?: DashboardDeps | undefined;
 }
 
 /** The Express app without listen(): tests drive it directly. Thin: parse → call → respond. */
@@ -23,10 +43,20 @@ export function buildApp(deps: AppDeps): Express {
   const app = express();
   app.disable('x-powered-by');
   app.set('trust proxy', trustProxySetting(deps.trustedProxies));
+  // Who is calling, and whether they may, before any body is read. Reports also take the operator
+  // credentials (report-routes.ts) when those are configured: a Basic header there is theirs to check.
+  const auth = callerAuthentication(deps.apiTokens, { operatorPaths: deps.reportsAdmin ? ['/reports'] : [] });
+  app.use(auth.identify);
+  if (deps.requestRateLimiter) app.use(requestRateLimit(deps.requestRateLimiter, deps.logger));
+  app.use(auth.require);
   app.use(express.json({ limit: deps.bodyLimitBytes, type: ['application/json', 'application/*+json'] }));
   app.use(serviceRoutes(deps.info, deps.probes));
   app.use(sendRoute(deps.accept));
   app.use(messageRoute(deps.db));
+  if (deps.websmsBalance) app.use(balanceRoute({ db: deps.db, websms: deps.websmsBalance }));
+  app.use(reportRoutes(deps.db, deps.reportsAdmin));
+  if (deps.metrics) app.use(metricsRoute(deps.metrics));
+  if (deps.dashboard) app.use(dashboardRoutes(deps.dashboard));
   app.use(docsRoute());
   app.use(notFoundHandler);
   app.use(errorHandler(deps.logger));

@@ -1,4 +1,5 @@
 import { z } from 'zod';
+import { parseApiTokens, type ApiToken } from './api/auth.ts';
 
 // The only reader of process.env. Every budget carries its unit in its name.
 
@@ -52,6 +53,24 @@ const environmentSchema = z.object({
   // dashboard is off and metrics/reports are as open as the rest of the API.
   ADMIN_USER: z.string().min(1).optional(),
   ADMIN_PASSWORD: z.string().min(8, 'must be at least 8 characters').optional(),
+  // The queue dashboard only shows jobs unless this is false. Its write actions (retry, remove, add,
+  // pause) act on Redis alone and bypass the message rows that are the truth; `npm run jobs` is the
+  // way to retry or drop a message, and it records the action on the row.
+  DASHBOARD_READ_ONLY: z
+    .enum(['true', 'false', '1', '0', 'yes', 'no', 'on', 'off'], 'must be true or false')
+    .default('true')
+    .transform((value) => ['true', '1', 'yes', 'on'].includes(value)),
+  // Caller authentication for the API: unset means off, as the old service's callers send no token.
+  // `name:sha256(token):enterprises;…` (src/api/auth.ts).
+  API_TOKENS: z.string().optional(),
+  // How long an Idempotency-Key names its message (24 h: a day of client retries, as is customary).
+  IDEMPOTENCY_RETENTION_S: integer(1, 30 * 86_400).default(86_400),
+  // Per-caller HTTP requests per window, all API processes together; 0 = off (the default: nginx's
+  // limit_req guards the edge, and the old service's callers have no limit to rely on).
+  REQUEST_RATE_LIMIT_PER_WINDOW: integer(0, 1_000_000).default(0),
+  REQUEST_RATE_LIMIT_WINDOW_MS: integer(1_000, 3_600_000).default(60_000),
+  // Messages accepted per enterprise per server-local day; 0 = no cap (the default).
+  DAILY_CAP_PER_ENTERPRISE: integer(0, 10_000_000).default(0),
 });
 
 export type Environment = z.infer<typeof environmentSchema>;
@@ -82,6 +101,14 @@ export interface Config {
   readonly trustedProxies: string;
   readonly bodyLimitBytes: number;
   readonly admin: { readonly user: string; readonly password: string } | undefined;
+  readonly dashboard: { readonly readOnly: boolean };
+  /** undefined: caller authentication is off */
+  readonly apiTokens: readonly ApiToken[] | undefined;
+  readonly idempotencyRetentionS: number;
+  /** undefined: no per-caller request limit */
+  readonly requestRateLimit: { readonly perWindow: number; readonly windowMs: number } | undefined;
+  /** undefined: no daily cap */
+  readonly dailyCapPerEnterprise: number | undefined;
 }
 
 export class ConfigError extends Error {
@@ -100,6 +127,12 @@ export function loadConfig(env: NodeJS.ProcessEnv = process.env): Config {
   const e = parsed.data;
   if ((e.ADMIN_USER === undefined) !== (e.ADMIN_PASSWORD === undefined)) {
     throw new ConfigError('Invalid configuration: ADMIN_USER and ADMIN_PASSWORD must be set together');
+  }
+  let apiTokens: ApiToken[] | undefined;
+  try {
+    apiTokens = e.API_TOKENS === undefined ? undefined : parseApiTokens(e.API_TOKENS);
+  } catch (error) {
+    throw new ConfigError(`Invalid configuration: API_TOKENS: ${error instanceof Error ? error.message : String(error)}`);
   }
   return Object.freeze({
     port: e.PORT,
@@ -131,5 +164,11 @@ export function loadConfig(env: NodeJS.ProcessEnv = process.env): Config {
     trustedProxies: e.TRUSTED_PROXIES,
     bodyLimitBytes: e.BODY_LIMIT_BYTES,
     admin: e.ADMIN_USER && e.ADMIN_PASSWORD ? Object.freeze({ user: e.ADMIN_USER, password: e.ADMIN_PASSWORD }) : undefined,
+    dashboard: Object.freeze({ readOnly: e.DASHBOARD_READ_ONLY }),
+    apiTokens: apiTokens && Object.freeze(apiTokens.map((token) => Object.freeze(token))),
+    idempotencyRetentionS: e.IDEMPOTENCY_RETENTION_S,
+    requestRateLimit:
+      e.REQUEST_RATE_LIMIT_PER_WINDOW > 0 ? Object.freeze({ perWindow: e.REQUEST_RATE_LIMIT_PER_WINDOW, windowMs: e.REQUEST_RATE_LIMIT_WINDOW_MS }) : undefined,
+    dailyCapPerEnterprise: e.DAILY_CAP_PER_ENTERPRISE > 0 ? e.DAILY_CAP_PER_ENTERPRISE : undefined,
   });
 }

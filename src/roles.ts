@@ -5,11 +5,15 @@ import type { Logger } from './logger.ts';
 import { buildApp } from './app.ts';
 import { Redis } from 'ioredis';
 import { createDeps, redisOptions, type Deps } from './deps.ts';
+import { createRequestRateLimiter } from './api/request-rate-limit.ts';
+import { answerMalformedRequests } from './api/malformed-http.ts';
 import type { AcceptDeps } from './messages/accept.ts';
 import { createSweeper } from './messages/sweeper.ts';
 import { createCompletionWaiter } from './queue/completion-waiter.ts';
 import { jobIdFor } from './queue/jobs.ts';
 import { createSendWorker } from '../workers/send-worker.ts';
+import { createQueueMonitor } from './metrics/queue-monitor.ts';
+import { createWorkerTelemetry } from './metrics/worker-telemetry.ts';
 
 // The two roles a process can play. Both are stateless: run as many of each as needed.
 
@@ -39,7 +43,10 @@ export async function startApi(config: Config, logger: Logger): Promise<RunningA
     enqueue: deps.enqueue,
     waitForJob: (messageId, deadlineMs) => waiter.wait(jobIdFor(messageId), deadlineMs),
     nextSlotInMs: (enterprise) => deps.limiter.peekWaitMs(enterprise),
+    idempotencyRetentionS: config.idempotencyRetentionS,
+    dailyCapPerEnterprise: config.dailyCapPerEnterprise,
   };
+  const monitor = createQueueMonitor(deps.redis, deps.queue, config.queuePrefix);
   const app = buildApp({
     logger,
     db: deps.db,
@@ -54,12 +61,23 @@ export async function startApi(config: Config, logger: Logger): Promise<RunningA
       },
       queueCounts: () => deps.queue.getJobCounts('waiting', 'active', 'delayed', 'failed', 'completed'),
       workerCount: () => deps.queue.getWorkersCount(),
+      oldestWaitingAgeMs: monitor.oldestWaitingAgeMs,
+      liveWorkerCount: async () => (await monitor.liveWorkers()).length,
     },
     trustedProxies: config.trustedProxies,
     bodyLimitBytes: config.bodyLimitBytes,
+    apiTokens: config.apiTokens,
+    requestRateLimiter:
+      config.requestRateLimit &&
+      createRequestRateLimiter(deps.redis, { keyPrefix: config.queuePrefix, limit: config.requestRateLimit.perWindow, windowMs: config.requestRateLimit.windowMs }),
+    websmsBalance: deps.websms,
+    reportsAdmin: config.admin,
+    metrics: { admin: config.admin, prometheusText: monitor.prometheusText },
+    dashboard: { admin: config.admin, queue: deps.queue, readOnly: config.dashboard.readOnly },
   });
 
   const server: Server = app.listen(config.port, config.host);
+  answerMalformedRequests(server);
   await new Promise<void>((resolve, reject) => {
     server.once('listening', resolve);
     server.once('error', reject);
@@ -97,6 +115,7 @@ export async function startWorker(config: Config, logger: Logger): Promise<Runni
   const deps = await createDeps(config, logger, 'worker');
   const workerRedis = new Redis(config.redisUrl, redisOptions('blocking'));
   workerRedis.on('error', () => undefined);
+  const telemetry = createWorkerTelemetry(config.redisUrl, config.queuePrefix, logger);
   const worker = createSendWorker(
     {
       db: deps.db,
@@ -105,6 +124,7 @@ export async function startWorker(config: Config, logger: Logger): Promise<Runni
       logger,
       defaultSender: config.websms.defaultSender,
       websmsTimeoutMs: config.websms.timeoutMs,
+      metrics: telemetry.metrics,
     },
     { connection: workerRedis, prefix: config.queuePrefix, concurrency: config.worker.concurrency },
   );
@@ -115,6 +135,7 @@ export async function startWorker(config: Config, logger: Logger): Promise<Runni
     }
   });
   await worker.waitUntilReady();
+  telemetry.start(worker);
   const sweeper = createSweeper(
     { db: deps.db, logger, jobState: deps.jobState, enqueue: deps.enqueue, retryFailed: deps.retryFailed },
     { intervalMs: config.sweeper.intervalMs, idleMs: config.sweeper.pendingAfterMs },
@@ -127,6 +148,7 @@ export async function startWorker(config: Config, logger: Logger): Promise<Runni
       await sweeper.stop();
       // Waits for running jobs; a job cut off later (kill -9) comes back as stalled.
       await worker.close();
+      await telemetry.stop();
       workerRedis.disconnect();
       await deps.close();
       logger.info('worker stopped');

@@ -21,8 +21,9 @@ function clientIp(req: Request): string | null {
   const trust = req.app.get('trust proxy fn') as ((address: string, hop: number) => boolean) | undefined;
   const realIp = req.get('x-real-ip')?.trim();
   if (peer && realIp && isIP(realIp) && trust?.(peer, 0)) return realIp;
-  const ip = req.ip ?? peer;
-  return ip && isIP(ip) ? ip : null;
+  // A trusted proxy's garbage X-Forwarded-For must not erase what we do know: the peer.
+  if (req.ip && isIP(req.ip)) return req.ip;
+  return peer && isIP(peer) ? peer : null;
 }
 
 function printable(value: string | null): string | null {

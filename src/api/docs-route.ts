@@ -29,6 +29,14 @@ export function openApiDocument(): Record<string, unknown> {
             'ask GET /messages/{id} later. `?wait=false` or `Prefer: respond-async` answers 202 at once.',
           parameters: [
             { name: 'wait', in: 'query', required: false, schema: { type: 'boolean' } },
+            { name: 'Prefer', in: 'header', required: false, description: '`respond-async`: answer 202 at once', schema: { type: 'string' } },
+            {
+              name: 'Idempotency-Key',
+              in: 'header',
+              required: false,
+              description: 'The same key for the same enterprise (24 h) returns the first answer and sends nothing new; a different body is refused with 422',
+              schema: { type: 'string', minLength: 1, maxLength: 255 },
+            },
             { name: 'X-Service-Name', in: 'header', required: false, schema: { type: 'string', maxLength: 50 } },
           ],
           requestBody: { required: true, content: { 'application/json': { schema: ref('SendRequest') } } },
@@ -39,7 +47,9 @@ export function openApiDocument(): Record<string, unknown> {
             404: json('SendEnvelope', 'Enterprise not found or has no WebSMS configuration'),
             413: json('SendEnvelope', 'Body too large'),
             415: json('SendEnvelope', 'Not JSON'),
-            422: json('SendEnvelope', 'Invalid field (named in error)'),
+            401: json('SendEnvelope', 'API_TOKENS configured and no valid bearer token'),
+            422: json('SendEnvelope', 'Invalid field (named in error), or an Idempotency-Key reused with a different request'),
+            429: json('SendEnvelope', 'Request rate or daily cap per enterprise exceeded (Retry-After)'),
             503: json('SendEnvelope', 'Database or queue unavailable'),
           },
         },
@@ -51,9 +61,53 @@ export function openApiDocument(): Record<string, unknown> {
           responses: { 200: json('Message', 'Found'), 404: json('SendEnvelope', 'No such message') },
         },
       },
+      '/enterprises/{number}/balance': {
+        get: {
+          summary: "The enterprise's WebSMS balance (BYN)",
+          parameters: [{ name: 'number', in: 'path', required: true, schema: { type: 'string', maxLength: 10 } }],
+          responses: {
+            200: {
+              description: 'Balance',
+              content: {
+                'application/json': {
+                  schema: {
+                    type: 'object',
+                    properties: {
+                      enterprise_number: { type: 'string' },
+                      enterprise_name: { type: ['string', 'null'] },
+                      websms_user: { type: 'string' },
+                      sms: { type: 'number' },
+                      viber: { type: 'number' },
+                      total: { type: 'number' },
+                      currency: { type: 'string', const: 'BYN' },
+                    },
+                  },
+                },
+              },
+            },
+            404: json('SendEnvelope', 'Enterprise not found or has no WebSMS configuration'),
+            502: json('SendEnvelope', 'WebSMS refused or did not answer'),
+          },
+        },
+      },
+      '/reports/{name}': {
+        get: {
+          summary: 'Operator reports: today, enterprise, recent, failures, spend, audit (HTTP Basic when ADMIN_USER is set)',
+          parameters: [
+            { name: 'name', in: 'path', required: true, schema: { type: 'string', enum: ['today', 'enterprise', 'recent', 'failures', 'spend', 'audit'] } },
+            { name: 'enterprise', in: 'query', required: false, schema: { type: 'string' } },
+            { name: 'limit', in: 'query', required: false, schema: { type: 'integer', minimum: 1 } },
+          ],
+          responses: { 200: { description: 'Rows (phones masked)' }, 404: json('SendEnvelope', 'No such report') },
+        },
+      },
       '/health': { get: { summary: 'Health of the database, Redis, queue and workers', responses: { 200: json('Health', 'Healthy'), 503: json('Health', 'Unhealthy') } } },
     },
     components: {
+      securitySchemes: {
+        bearer: { type: 'http', scheme: 'bearer', description: 'Only when API_TOKENS is configured' },
+        operator: { type: 'http', scheme: 'basic', description: 'ADMIN_USER / ADMIN_PASSWORD, for the dashboard, metrics and reports' },
+      },
       schemas: {
         SendRequest: schema(sendRequestSchema, 'input'),
         SendEnvelope: schema(sendEnvelopeSchema, 'output'),

@@ -25,7 +25,10 @@ const BODY_ERRORS: Record<string, [number, string]> = {
 };
 
 const UNAVAILABLE_CODES = new Set(['ECONNREFUSED', 'ECONNRESET', 'ETIMEDOUT', 'EPIPE', 'ENOTFOUND', 'EAI_AGAIN', '57P01', '57P02', '57P03', '53300']);
-const UNAVAILABLE_TEXT = /Connection terminated|timeout exceeded when trying to connect|Connection is closed|Stream isn't writeable|Command timed out|connect ECONNREFUSED|Client has encountered a connection error|Reached the max retries|canceling statement due to statement timeout/i;
+// `Query read timeout`: pg's own deadline (query_timeout) when PostgreSQL stops answering on an open
+// connection (dropped packets, a frozen server): a dependency failure, not a bug (found by
+// test/faults/postgres-outage.test.ts, which got 500 "Internal error" for it).
+const UNAVAILABLE_TEXT = /Connection terminated|timeout exceeded when trying to connect|Connection is closed|Stream isn't writeable|Command timed out|connect ECONNREFUSED|Client has encountered a connection error|Reached the max retries|canceling statement due to statement timeout|Query read timeout/i;
 
 /** PostgreSQL or Redis is down or too slow: a 503 the caller may retry, not a bug. */
 export function isDependencyFailure(error: unknown): boolean {
@@ -34,6 +37,13 @@ export function isDependencyFailure(error: unknown): boolean {
   if (typeof code === 'string' && (UNAVAILABLE_CODES.has(code) || code.startsWith('08'))) return true;
   if (error instanceof AggregateError) return error.errors.some(isDependencyFailure);
   return UNAVAILABLE_TEXT.test(error.message);
+}
+
+/** An http-errors style error (status 400–499, meant to be shown) from Express or body-parser. */
+function isClientFault(error: unknown): error is Error & { status: number; code?: unknown } {
+  if (!(error instanceof Error)) return false;
+  const { status, expose } = error as { status?: unknown; expose?: unknown };
+  return typeof status === 'number' && status >= 400 && status < 500 && (expose === true || error instanceof URIError);
 }
 
 export const notFoundHandler: RequestHandler = (req, _res, next) => {
@@ -54,6 +64,11 @@ export function errorHandler(logger: Logger): ErrorRequestHandler {
       ({ status, message, extra } = error);
     } else if (bodyError) {
       [status, message] = bodyError;
+    } else if (isClientFault(error)) {
+      // Express and body-parser mark what the request got wrong (an undecodable %-escape in the path,
+      // a body that does not match its Content-Encoding) with a 4xx status: the caller's error, not ours.
+      status = error.status;
+      message = /^Z_/.test(String(error.code)) ? 'Request body does not match its Content-Encoding' : `Malformed request: ${error.message}`;
     } else if (isDependencyFailure(error)) {
       status = 503;
       message = 'Service temporarily unavailable (database or queue); nothing was sent, retry later';

@@ -3,6 +3,7 @@ import type { Db } from '../db/database.ts';
 import { maskPhone } from '../logger.ts';
 import { isFinal } from '../messages/message.ts';
 import { findMessage } from '../messages/repository.ts';
+import { mayUseEnterprise } from './caller.ts';
 import { HttpError } from './errors.ts';
 
 export function messageRoute(db: Db): Router {
@@ -11,7 +12,8 @@ export function messageRoute(db: Db): Router {
     const raw = req.params.id ?? '';
     if (!/^[1-9]\d{0,15}$/.test(raw)) throw new HttpError(400, 'Message id must be a positive integer', { errors: [{ field: 'id', message: 'must be a positive integer' }] });
     const record = await findMessage(db, Number(raw));
-    if (!record) throw new HttpError(404, `Message ${raw} not found`);
+    // Another enterprise's message looks exactly like a missing one (API_TOKENS scopes).
+    if (!record || !mayUseEnterprise(res, record.enterpriseNumber)) throw new HttpError(404, `Message ${raw} not found`);
     res.json({
       id: record.id,
       enterprise_number: record.enterpriseNumber,

@@ -47,7 +47,9 @@ export type SendRequestBody = z.infer<typeof sendRequestSchema>;
 
 /** The phone rule on its own: its failure is a 400, as the old service answered. */
 export function normalisePhone(phone: string): string | null {
-  if (!phone.trim().startsWith('+')) return null;
+  // Only a number as people write one: '+', digits and the usual separators. libphonenumber would
+  // otherwise find a number inside "+375296254070abc" or drop an extension silently.
+  if (!/^\s*\+[\d\s().\-\u00A0]+$/.test(phone)) return null;
   const parsed = parsePhoneNumberFromString(phone.trim());
   return parsed?.isValid() ? parsed.number : null;
 }

@@ -1,7 +1,9 @@
 import { Router, type Request } from 'express';
 import type { z } from 'zod';
-import { acceptMessage, type AcceptDeps } from '../messages/accept.ts';
+import { acceptMessage, refuseEnterpriseNotAllowed, type AcceptDeps, type SendCommand } from '../messages/accept.ts';
+import { IDEMPOTENCY_HEADER, parseIdempotencyKey } from '../messages/idempotency.ts';
 import { HttpError } from './errors.ts';
+import { authenticatedCaller, mayUseEnterprise } from './caller.ts';
 import { callerOf } from './client-info.ts';
 import { normalisePhone, PHONE_ERROR, sendRequestSchema } from './schemas.ts';
 
@@ -15,19 +17,27 @@ export function sendRoute(deps: AcceptDeps): Router {
     if (!parsed.success) throw invalidRequest(parsed.error);
     const phone = normalisePhone(parsed.data.phone);
     if (!phone) throw new HttpError(400, PHONE_ERROR, { errors: [{ field: 'phone', message: PHONE_ERROR }] });
+    const idempotency = parseIdempotencyKey(req.headersDistinct['idempotency-key']);
+    if (!idempotency.ok) {
+      throw new HttpError(422, `Invalid request: ${IDEMPOTENCY_HEADER} ${idempotency.problem}`, { errors: [{ field: IDEMPOTENCY_HEADER, message: idempotency.problem }] });
+    }
 
-    const answer = await acceptMessage(
-      deps,
-      {
-        enterpriseNumber: parsed.data.enterprise_number,
-        phone,
-        text: parsed.data.text,
-        sender: parsed.data.sender ?? null,
-        customId: parsed.data.custom_id ?? null,
-        wait: wantsToWait(req),
-      },
-      callerOf(req),
-    );
+    const command: SendCommand = {
+      enterpriseNumber: parsed.data.enterprise_number,
+      phone,
+      text: parsed.data.text,
+      sender: parsed.data.sender ?? null,
+      customId: parsed.data.custom_id ?? null,
+      wait: wantsToWait(req),
+      idempotencyKey: idempotency.key,
+    };
+    // With API_TOKENS, the token names the caller; X-Service-Name is only a claim.
+    const client = callerOf(req);
+    const caller = { ...client, serviceName: authenticatedCaller(res)?.name ?? client.serviceName };
+    const answer = mayUseEnterprise(res, command.enterpriseNumber)
+      ? await acceptMessage(deps, command, caller)
+      : await refuseEnterpriseNotAllowed(deps, command, caller);
+    if (answer.headers) res.set(answer.headers);
     res.status(answer.httpStatus).json(answer.body);
   });
   return router;

@@ -43,6 +43,8 @@ export interface UserSmsSendTable {
   idempotency_key: string | null;
   request_hash: string | null;
   resent_after_unknown: ColumnType<boolean, never, boolean>;
+  /** operator retries and drops, appended as {action, at, by, from, to, job, reason} */
+  operator_actions: ColumnType<unknown, never, never>;
 }
 
 export interface EnterprisesTable {
@@ -79,5 +81,10 @@ export function createDb(databaseUrl: string, options: DbOptions = {}): Db {
   });
   // An idle client losing its connection (server restart) must not crash the process.
   pool.on('error', () => undefined);
+  // Nor a client in use: pg-pool listens for errors on idle clients only, and a checked-out client
+  // whose socket dies (reset mid-query) emits 'error' with no listener, which kills the process. The
+  // query itself still fails with the error (a 503 / a job retry), and the pool drops the client on
+  // release because it is no longer queryable. Found by test/faults/postgres-outage.test.ts.
+  pool.on('connect', (client) => client.on('error', () => undefined));
   return new Kysely<Database>({ dialect: new PostgresDialect({ pool }) });
 }

@@ -11,6 +11,8 @@ export interface Enterprise {
 }
 
 export async function findEnterprise(db: Db, number: string): Promise<Enterprise | undefined> {
+  // PostgreSQL text cannot hold NUL, so no enterprise has one; asking would fail the query instead.
+  if (number.includes('\u0000')) return undefined;
   const row = await db
     .selectFrom('enterprises')
     .select(['number', 'name', 'custom_domain', 'active'])

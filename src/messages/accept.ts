@@ -13,7 +13,10 @@ import {
   type MessageRecord,
   type SendEnvelope,
 } from './message.ts';
-import { findMessage, insertPendingMessage, insertRefusedMessage, recordFailed, type NewMessage } from './repository.ts';
+import { findMessage, insertRefusedMessage, recordNeverQueued, type NewMessage } from './repository.ts';
+import { admitMessage } from './admission.ts';
+import { dailyCapMessage } from './daily-cap.ts';
+import { IDEMPOTENCY_HEADER, KEY_REUSED_MESSAGE, requestHash } from './idempotency.ts';
 
 // Accepting a message: record it, queue it, and wait (bounded) for the worker's outcome.
 
@@ -26,6 +29,8 @@ export interface SendCommand {
   customId: string | null;
   /** false: answer 202 at once instead of waiting for the outcome */
   wait: boolean;
+  /** the caller's Idempotency-Key, validated (idempotency.ts) */
+  idempotencyKey?: string | null;
 }
 
 export interface Caller {
@@ -43,12 +48,20 @@ export interface AcceptDeps {
   waitForJob: (messageId: number, deadlineMs: number) => WaitHandle;
   /** ms until the enterprise's next free slot, for the expected send time of a queued message */
   nextSlotInMs: (enterpriseNumber: string) => Promise<number>;
+  /** how long an Idempotency-Key keeps naming its message; default 24 h */
+  idempotencyRetentionS?: number;
+  /** messages per enterprise per server-local day; undefined or 0: no cap */
+  dailyCapPerEnterprise?: number | undefined;
 }
 
 export interface SendAnswer {
-  httpStatus: 200 | 202 | 404 | 503;
-  body: SendEnvelope;
+  httpStatus: 200 | 202 | 404 | 422 | 429 | 503;
+  body: SendEnvelope & { errors?: Array<{ field: string; message: string }> };
+  /** response headers the answer needs (Retry-After, Idempotent-Replayed) */
+  headers?: Record<string, string>;
 }
+
+const DEFAULT_IDEMPOTENCY_RETENTION_S = 86_400;
 
 export async function acceptMessage(deps: AcceptDeps, command: SendCommand, caller: Caller): Promise<SendAnswer> {
   const enterprise = await findEnterprise(deps.db, command.enterpriseNumber);
@@ -71,7 +84,37 @@ export async function acceptMessage(deps: AcceptDeps, command: SendCommand, call
     return { httpStatus: 404, body: errorEnvelope(error, { custom_id: command.customId, id, status: 'failed' }) };
   }
 
-  const id = await insertPendingMessage(deps.db, message);
+  const key = command.idempotencyKey ?? null;
+  const admission = await admitMessage(deps.db, message, {
+    idempotency: key
+      ? {
+          key,
+          requestHash: requestHash({
+            enterpriseNumber: command.enterpriseNumber,
+            phone: command.phone,
+            text: command.text,
+            sender: message.sender ?? deps.defaultSender,
+            customId: command.customId,
+          }),
+          retentionS: deps.idempotencyRetentionS ?? DEFAULT_IDEMPOTENCY_RETENTION_S,
+        }
+      : undefined,
+    dailyCap: deps.dailyCapPerEnterprise,
+  });
+  if (admission.kind === 'repeat') return answerRepeat(deps, admission.id, admission.sameRequest, command.wait);
+  if (admission.kind === 'over-daily-cap') {
+    const retryAt = new Date(Date.now() + admission.secondsLeft * 1000);
+    const error = dailyCapMessage(command.enterpriseNumber, admission.cap, retryAt);
+    // Recorded like every refusal, without the key: the caller may retry with it tomorrow.
+    const id = await insertRefusedMessage(deps.db, message, error, 'daily_cap');
+    deps.logger.warn({ ...log, messageId: id, cap: admission.cap }, 'daily cap reached; message refused');
+    return {
+      httpStatus: 429,
+      body: errorEnvelope(error, { custom_id: command.customId, id, status: 'failed' }),
+      headers: { 'Retry-After': String(admission.secondsLeft) },
+    };
+  }
+  const id = admission.id;
   const wait = command.wait && deps.sendWaitMs > 0 ? deps.waitForJob(id, deps.sendWaitMs) : undefined;
   try {
     await deps.enqueue(id, command.enterpriseNumber);
@@ -80,12 +123,90 @@ export async function acceptMessage(deps: AcceptDeps, command: SendCommand, call
     return queueUnavailable(deps, id, command, log, error);
   }
 
-  if (!wait) return answerFromRow(deps, id);
+  if (!wait) return answerQueued(deps, id, command.customId);
   const finish = await wait.finished;
   if (finish.kind === 'completed' && finish.outcome && isFinal(finish.outcome.status)) {
     return finalAnswer(id, command.customId, finish.outcome);
   }
-  return answerFromRow(deps, id);
+  return answerQueued(deps, id, command.customId);
+}
+
+/**
+ * answerFromRow for a message that is stored and queued, so it will be sent: should its row be
+ * unreadable now (PostgreSQL went away during the wait), the caller must still hear 202 with its id,
+ * never the generic 503 "nothing was sent, retry later", whose retry would send it twice. Found by
+ * test/faults/postgres-outage.test.ts.
+ */
+async function answerQueued(deps: AcceptDeps, id: number, customId: string | null): Promise<SendAnswer> {
+  try {
+    return await answerFromRow(deps, id);
+  } catch (error) {
+    deps.logger.warn({ messageId: id, err: describe(error) }, 'message queued but its state could not be read; answering 202');
+    const body: SendEnvelope = {
+      success: false,
+      message_id: null,
+      price: null,
+      parts: null,
+      amount: null,
+      custom_id: customId,
+      error: null,
+      id,
+      status: 'queued',
+      // Unknown without the row and the limiter; "now" as expectedSendAt does when it cannot ask.
+      expected_send_at: new Date().toISOString(),
+      status_url: `/messages/${id}`,
+    };
+    return { httpStatus: 202, body };
+  }
+}
+
+/**
+ * An authenticated caller limited to other enterprises (API_TOKENS): exactly the unknown-enterprise
+ * answer, so enterprise numbers cannot be probed. Recorded for the audit like an unknown enterprise,
+ * under the number asked for and the caller's name, with `enterprise_not_allowed` so operators can tell
+ * a probe from a typo; the enterprise is not even looked up, so its name is not on the row.
+ */
+export async function refuseEnterpriseNotAllowed(deps: Pick<AcceptDeps, 'db' | 'logger' | 'defaultSender'>, command: SendCommand, caller: Caller): Promise<SendAnswer> {
+  const error = notFoundMessage(command.enterpriseNumber);
+  const message: NewMessage = {
+    enterpriseNumber: command.enterpriseNumber,
+    enterpriseName: null,
+    phone: command.phone,
+    text: command.text,
+    sender: command.sender ?? deps.defaultSender,
+    customId: command.customId,
+    ...caller,
+  };
+  const id = await insertRefusedMessage(deps.db, message, error, 'enterprise_not_allowed');
+  deps.logger.warn(
+    { enterprise: command.enterpriseNumber, phone: maskPhone(command.phone), service: caller.serviceName, ip: caller.requestIp, messageId: id },
+    'caller not allowed to send for this enterprise; answered as not found',
+  );
+  return { httpStatus: 404, body: errorEnvelope(error, { custom_id: command.customId, id, status: 'failed' }) };
+}
+
+/**
+ * The Idempotency-Key names message `id`: answer as for the first request, and send nothing. Still on
+ * its way: wait for it like the first request did (bounded), then answer from the row (200 or 202).
+ * A lost enqueue (the first API process died) is the sweeper's to repair, as for any pending row.
+ */
+async function answerRepeat(deps: AcceptDeps, id: number, sameRequest: boolean, wantsToWait: boolean): Promise<SendAnswer> {
+  if (!sameRequest) {
+    return { httpStatus: 422, body: { ...errorEnvelope(KEY_REUSED_MESSAGE), errors: [{ field: IDEMPOTENCY_HEADER, message: KEY_REUSED_MESSAGE }] } };
+  }
+  const replayed = (answer: SendAnswer): SendAnswer => ({ ...answer, headers: { ...answer.headers, 'Idempotent-Replayed': 'true' } });
+  // Registered before the row is read, so a completion in between is not missed.
+  const wait = wantsToWait && deps.sendWaitMs > 0 ? deps.waitForJob(id, deps.sendWaitMs) : undefined;
+  const now = await answerFromRow(deps, id).catch((error: unknown) => {
+    wait?.cancel();
+    throw error;
+  });
+  if (!wait || now.httpStatus !== 202) {
+    wait?.cancel();
+    return replayed(now);
+  }
+  await wait.finished;
+  return replayed(await answerFromRow(deps, id));
 }
 
 /** The row as it stands: final → 200 with its result; otherwise 202 with when it should go out. */
@@ -120,7 +241,7 @@ async function queueUnavailable(deps: AcceptDeps, id: number, command: SendComma
   deps.logger.error({ ...log, messageId: id, err: describe(error) }, 'enqueue failed');
   let closed = false;
   try {
-    closed = await recordFailed(deps.db, id, { code: 'queue_unavailable', message: text });
+    closed = await recordNeverQueued(deps.db, id, { code: 'queue_unavailable', message: text });
   } catch (dbError) {
     deps.logger.error({ messageId: id, err: describe(dbError) }, 'could not record the failed enqueue; the sweeper will send the message');
   }

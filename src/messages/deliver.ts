@@ -36,6 +36,28 @@ export interface DeliveryDeps {
   defaultSender: string;
   /** WebSMS call budget; a row `sending` for longer than this plus a grace has no live call. */
   websmsTimeoutMs: number;
+  /** Monitoring counters (src/metrics); absent in tests that do not look at them. */
+  metrics?: DeliveryMetrics | undefined;
+}
+
+export type SendOutcomeLabel = 'success' | 'failed' | 'unknown' | 'retry' | 'unconfirmed';
+
+/**
+ * What monitoring learns from a delivery, counted where its one log line is written. Implementations
+ * return at once and never throw: a send must never wait for, or fail because of, a counter.
+ * Labels are enterprise numbers and outcomes only, never a phone, a text or a key.
+ */
+export interface DeliveryMetrics {
+  /**
+   * A send attempt ended. Final for the message: success, failed, unknown (could not be checked; an
+   * operator decides). Not final: retry (certainly not sent, will be resent), unconfirmed (the answer
+   * was lost; the lookup that follows is counted again as what it finds).
+   */
+  sendOutcome(enterpriseNumber: string, outcome: SendOutcomeLabel): void;
+  /** One WebSMS send call took durationMs and ended this way. */
+  websmsCall(durationMs: number, result: SendOutcome['kind']): void;
+  /** The rate limit made a message wait waitMs for its slot. */
+  limiterWait(waitMs: number): void;
 }
 
 export interface DeliveryAttempt {
@@ -83,6 +105,7 @@ export async function deliverMessage(deps: DeliveryDeps, attempt: DeliveryAttemp
   // nothing is sent (fail closed), never an over-limit burst.
   const slot = await deps.limiter.acquire(attempt.enterpriseNumber, `${id}:${randomUUID()}`);
   if (!slot.granted) {
+    deps.metrics?.limiterWait(slot.retryInMs);
     await markWaitingForSlot(db, id, new Date(Date.now() + slot.retryInMs));
     return { kind: 'wait', delayMs: slot.retryInMs, reason: 'rate limit' };
   }
@@ -98,15 +121,18 @@ export async function deliverMessage(deps: DeliveryDeps, attempt: DeliveryAttemp
   const credentials = parseCustomDomain(claimed.customDomain);
   if (!credentials || claimed.enterpriseActive === false) {
     // Configuration removed between acceptance and sending.
+    deps.metrics?.sendOutcome(claimed.enterpriseNumber, 'failed');
     return fail(deps, claimed, { code: 'not_configured', message: notFoundMessage(claimed.enterpriseNumber) });
   }
 
+  const callStartedMs = performance.now();
   const outcome = await deps.websms.send(credentials, {
     msisdn: claimed.phone.replace(/^\+/, ''),
     text: claimed.text,
     sender: claimed.sender ?? deps.defaultSender,
     customId: claimed.providerRef,
   });
+  deps.metrics?.websmsCall(performance.now() - callStartedMs, outcome.kind);
   return settle(deps, attempt, claimed, credentials, outcome);
 }
 
@@ -128,6 +154,7 @@ async function settle(
         response: outcome.response,
       };
       deps.logger.info({ ...log, outcome: 'success', websmsMessageId: outcome.messageId, parts: outcome.parts }, 'sms sent');
+      deps.metrics?.sendOutcome(claimed.enterpriseNumber, 'success');
       try {
         await recordAccepted(deps.db, claimed.id, acceptance);
       } catch (error) {
@@ -145,6 +172,7 @@ async function settle(
       };
       if (!outcome.retryable) {
         deps.logger.warn({ ...log, outcome: 'failed', code: failure.code }, 'sms rejected by WebSMS');
+        deps.metrics?.sendOutcome(claimed.enterpriseNumber, 'failed');
         return fail(deps, claimed, failure);
       }
       return resendLater(deps, attempt, claimed, failure, log);
@@ -154,6 +182,7 @@ async function settle(
     case 'unknown':
       // Maybe sent. Leave the row `sending`; the next run looks it up once no call can be in flight.
       deps.logger.warn({ ...log, outcome: 'unknown', reason: scrub(outcome.reason, credentials) }, 'sms outcome unknown; will look it up');
+      deps.metrics?.sendOutcome(claimed.enterpriseNumber, 'unconfirmed');
       return { kind: 'wait', delayMs: deps.websmsTimeoutMs + RECONCILE_GRACE_MS, reason: 'outcome unknown' };
   }
 }
@@ -169,9 +198,11 @@ async function resendLater(
 ): Promise<DeliveryStep> {
   if (attempt.lastAttempt) {
     deps.logger.warn({ ...log, outcome: 'failed', code: failure.code }, 'sms not sent; attempts exhausted');
+    deps.metrics?.sendOutcome(claimed.enterpriseNumber, 'failed');
     return fail(deps, claimed, failure);
   }
   deps.logger.info({ ...log, outcome: 'retry', code: failure.code }, 'sms not sent; will retry');
+  deps.metrics?.sendOutcome(claimed.enterpriseNumber, 'retry');
   await releaseForResend(deps.db, claimed.id, failure, afterUnknown);
   return { kind: 'retry', reason: failure.message };
 }
@@ -204,12 +235,14 @@ async function reconcile(
   if (!credentials || !providerRef) {
     await recordUnknown(deps.db, id, { code: 'lookup_impossible', message: 'Outcome unknown and the message cannot be looked up (no WebSMS configuration)' });
     deps.logger.error({ ...log, outcome: 'unknown' }, 'sms outcome unknown; cannot look it up');
+    deps.metrics?.sendOutcome(attempt.enterpriseNumber, 'unknown');
     return finishedFromRow(deps, id);
   }
   const lookup: LookupOutcome = await deps.websms.lookupByCustomId(credentials, providerRef);
   switch (lookup.kind) {
     case 'found':
       deps.logger.info({ ...log, outcome: 'success', deliveryStatus: lookup.statusName }, 'sms found at WebSMS after an unknown outcome');
+      deps.metrics?.sendOutcome(attempt.enterpriseNumber, 'success');
       await recordAccepted(deps.db, id, { websmsMessageId: websmsIdOf(lookup.response), price: null, parts: null, amount: null, response: { lookup: lookup.response } });
       return finishedFromRow(deps, id);
     case 'not-found':
@@ -221,6 +254,7 @@ async function reconcile(
         // Never resend on our own: an operator decides (the row says why).
         await recordUnknown(deps.db, id, failure);
         deps.logger.error({ ...log, outcome: 'unknown' }, 'sms outcome unknown; lookups exhausted');
+        deps.metrics?.sendOutcome(attempt.enterpriseNumber, 'unknown');
         return finishedFromRow(deps, id);
       }
       return { kind: 'retry', reason: failure.message };

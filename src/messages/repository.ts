@@ -253,6 +253,21 @@ export async function recordFailed(db: Db, id: number, failure: Failure): Promis
   return finish(db, id, 'failed', failure);
 }
 
+/**
+ * pending → failed, for a message whose enqueue failed. Only `pending`: should the job have reached
+ * Redis after all (an error after the write), a worker may already hold the row, and a message that
+ * may have been sent must never be recorded as failed.
+ */
+export async function recordNeverQueued(db: Db, id: number, failure: Failure): Promise<boolean> {
+  const result = await db
+    .updateTable('user_sms_send')
+    .set({ status: 'failed', error_message: failure.message, error_code: failure.code, updated_at: sql`now()` })
+    .where('id', '=', String(id))
+    .where('status', '=', 'pending')
+    .executeTakeFirst();
+  return result.numUpdatedRows > 0n;
+}
+
 /** sending → unknown (final): WebSMS may have the message and we could not find out. */
 export async function recordUnknown(db: Db, id: number, failure: Failure): Promise<boolean> {
   return finish(db, id, 'unknown', failure);
@@ -321,4 +336,170 @@ export async function touch(db: Db, id: number): Promise<void> {
     .where('id', '=', String(id))
     .where('status', 'in', UNFINISHED)
     .execute();
+}
+
+// ── Operator actions (`npm run jobs`): retry inspection reads rows in bulk, retry/drop move them. ──
+
+export interface QueuedMessageRow {
+  id: number;
+  enterpriseNumber: string;
+  status: MessageStatus;
+  error: string | null;
+  errorCode: string | null;
+  attempts: number;
+  notBefore: Date | null;
+}
+
+/** The rows behind a page of queue jobs, in one statement. */
+export async function findMessagesByIds(db: Db, ids: readonly number[]): Promise<Map<number, QueuedMessageRow>> {
+  if (ids.length === 0) return new Map();
+  const rows = await db
+    .selectFrom('user_sms_send')
+    .select(['id', 'enterprise_number', 'status', 'error_message', 'error_code', 'attempts', 'not_before'])
+    .where('id', 'in', ids.map(String))
+    .execute();
+  return new Map(
+    rows.map((r) => [
+      Number(r.id),
+      { id: Number(r.id), enterpriseNumber: r.enterprise_number, status: r.status, error: r.error_message, errorCode: r.error_code, attempts: r.attempts, notBefore: r.not_before },
+    ]),
+  );
+}
+
+/** One entry of `operator_actions` (see its migration). */
+export interface OperatorActionEntry {
+  action: 'retry' | 'drop';
+  /** ISO-8601 */
+  at: string;
+  /** who ran it: OS user@host */
+  by: string;
+  from: MessageStatus;
+  to: MessageStatus;
+  /** the queue job's state before the action, and what was done to it */
+  job: string;
+  reason: string | null;
+}
+
+export interface OperatorChange {
+  from: MessageStatus;
+  to: MessageStatus;
+  entry: OperatorActionEntry;
+  /** replaces error_message / error_code (a drop says who dropped it and why) */
+  failure?: Failure;
+  /** Only when no WebSMS call can still be in flight: claimed longer ago than this (a drop of a `sending` row). */
+  quietForMs?: number;
+}
+
+/**
+ * An operator's retry or drop: `from` → `to` only if the row is still `from` (a worker may have
+ * moved it since it was read), with the action appended to `operator_actions`. A row reopened from
+ * `failed` loses its rate-limit wait; one reopened from `unknown` keeps `claimed_at`, so the
+ * reconcile path may look it up at once. Returns false when the row was not in `from` any more.
+ */
+export async function recordOperatorAction(db: Db, id: number, change: OperatorChange): Promise<boolean> {
+  const { from, to, entry, failure, quietForMs } = change;
+  const result = await sql`
+    UPDATE user_sms_send SET
+      status = ${to},
+      operator_actions = operator_actions || ${JSON.stringify([entry])}::jsonb,
+      not_before = ${from === 'failed' ? null : sql`not_before`},
+      error_message = ${failure ? failure.message : sql`error_message`},
+      error_code = ${failure ? failure.code : sql`error_code`},
+      updated_at = now()
+    WHERE id = ${String(id)}
+      AND status = ${from}
+      ${quietForMs === undefined ? sql`` : sql`AND (claimed_at IS NULL OR claimed_at < now() - make_interval(secs => ${quietForMs / 1000}))`}`.execute(db);
+  return (result.numAffectedRows ?? 0n) > 0n;
+}
+
+/** The actions recorded on a message, oldest first. */
+export async function findOperatorActions(db: Db, id: number): Promise<OperatorActionEntry[]> {
+  const result = await sql<{ operator_actions: OperatorActionEntry[] }>`SELECT operator_actions FROM user_sms_send WHERE id = ${String(id)}`.execute(db);
+  return result.rows[0]?.operator_actions ?? [];
+}
+
+// ── Idempotency-Key and the daily cap (admission.ts) ──
+
+/** Refusals decided before sending: they never count towards an enterprise's daily cap. */
+export const REFUSED_BEFORE_SENDING = ['enterprise_not_found', 'enterprise_not_allowed', 'daily_cap', 'queue_unavailable'];
+
+// `created_at` is server-local wall time (see localInstant); compared as an instant so that a DST
+// change cannot stretch or shrink the retention window.
+const createdBefore = (retentionS: number) =>
+  sql<boolean>`(created_at AT TIME ZONE current_setting('TimeZone')) < now() - make_interval(secs => ${retentionS})`;
+
+/**
+ * A key may be taken over by a new message when its holder is past the retention window, or was
+ * certainly never sent (the enqueue failed and the caller was told to retry).
+ */
+const keyReusable = (retentionS: number) =>
+  sql<boolean>`(coalesce(${createdBefore(retentionS)}, false) OR (status = 'failed' AND error_code = 'queue_unavailable'))`;
+
+export interface KeyHolder {
+  id: number;
+  requestHash: string | null;
+  /** past the retention window, or never sent: the key may be given to a new message */
+  reusable: boolean;
+}
+
+export async function findKeyHolder(db: Db, enterpriseNumber: string, key: string, retentionS: number): Promise<KeyHolder | undefined> {
+  const row = await db
+    .selectFrom('user_sms_send')
+    .select(['id', 'request_hash', keyReusable(retentionS).as('reusable')])
+    .where('enterprise_number', '=', enterpriseNumber)
+    .where('idempotency_key', '=', key)
+    .executeTakeFirst();
+  return row && { id: Number(row.id), requestHash: row.request_hash, reusable: row.reusable };
+}
+
+/**
+ * Takes the key off a reusable holder so the unique index lets a new message have it. The condition
+ * is checked again here: of two requests racing for an expired key, only one clears it, and both then
+ * meet in the insert's ON CONFLICT. The holder keeps its request_hash; the key itself is gone.
+ */
+export async function releaseReusableKey(db: Db, id: number, key: string, retentionS: number): Promise<boolean> {
+  const result = await db
+    .updateTable('user_sms_send')
+    .set({ idempotency_key: null })
+    .where('id', '=', String(id))
+    .where('idempotency_key', '=', key)
+    .where(keyReusable(retentionS))
+    .executeTakeFirst();
+  return result.numUpdatedRows > 0n;
+}
+
+/** insertPendingMessage under an idempotency key; undefined when another message holds the key. */
+export async function insertPendingMessageOnce(db: Db, message: NewMessage, key: string, requestHash: string): Promise<number | undefined> {
+  const row = await db
+    .insertInto('user_sms_send')
+    .values({ ...newMessageValues(message), status: 'pending', provider_ref: newProviderRef(), idempotency_key: key, request_hash: requestHash })
+    .onConflict((oc) => oc.columns(['enterprise_number', 'idempotency_key']).where('idempotency_key', 'is not', null).doNothing())
+    .returning('id')
+    .executeTakeFirst();
+  return row ? Number(row.id) : undefined;
+}
+
+export interface EnterpriseDay {
+  /** messages accepted today (server-local day), counted up to `upTo` */
+  accepted: number;
+  /** seconds until the next day starts (server-local midnight) */
+  secondsLeft: number;
+}
+
+/**
+ * Messages accepted today for an enterprise: every row except refusals. The LIMIT bounds the work at
+ * the cap whatever the day's volume; idx_user_sms_enterprise_created makes it a range scan.
+ */
+export async function countAcceptedToday(db: Db, enterpriseNumber: string, upTo: number): Promise<EnterpriseDay> {
+  const result = await sql<{ accepted: string; seconds_left: string }>`
+    SELECT
+      (SELECT count(*) FROM (
+         SELECT 1 FROM user_sms_send
+          WHERE enterprise_number = ${enterpriseNumber}
+            AND created_at >= CURRENT_DATE
+            AND (error_code IS NULL OR error_code <> ALL(${REFUSED_BEFORE_SENDING}))
+          LIMIT ${upTo}) AS today) AS accepted,
+      ceil(extract(epoch FROM (CURRENT_DATE + 1) - LOCALTIMESTAMP)) AS seconds_left`.execute(db);
+  const row = result.rows[0]!;
+  return { accepted: Number(row.accepted), secondsLeft: Math.max(1, Number(row.seconds_left)) };
 }

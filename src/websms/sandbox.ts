@@ -22,6 +22,7 @@ import type { AddressInfo } from 'node:net';
  * | acceptedThenHangOnce | 375330000409 | first call for a custom_id: accepted, then never answers         |
  *
  * "First call for a custom_id" is per account; a send without custom_id counts as one more id.
+ * Faults queued with addFault() (or POST /__sandbox/faults) take precedence over these triggers.
  * Every other valid number is accepted. A hanging request holds its connection open until the client
  * gives up or the sandbox closes.
  */
@@ -37,6 +38,43 @@ export const sandboxTriggers = {
   hangOnce: '375330000408',
   acceptedThenHangOnce: '375330000409',
 } as const;
+
+/**
+ * Faults a test queues for the next matching calls, whatever the recipient (fault tests use them for
+ * storms and outages under load; the triggers above fire once or always, these exactly `count` times).
+ * Kinds that start with `accepted` accept (and charge) the message before the bad answer.
+ */
+export const SANDBOX_FAULT_KINDS = [
+  'error1',
+  'error7',
+  'http500',
+  'garbage',
+  'hang',
+  'acceptedThenHttp500',
+  'acceptedThenGarbage',
+  'acceptedThenHang',
+] as const;
+export type SandboxFaultKind = (typeof SANDBOX_FAULT_KINDS)[number];
+
+export interface SandboxFault {
+  kind: SandboxFaultKind;
+  /** How many matching calls get it. */
+  count: number;
+  /** 'send/sms' (default), or 'statusCustom/sms' for failing lookups (the not-accepted kinds only). */
+  endpoint?: 'send/sms' | 'statusCustom/sms';
+  /** Only calls by this account (one enterprise). */
+  user?: string;
+  /** Only sends to this recipient (digits, with or without '+'). */
+  msisdn?: string;
+  /** Only calls with this custom_id. */
+  customId?: string;
+  /**
+   * Accepted kinds only: statusCustom/sms does not find the message, as if WebSMS's lookup lagged or
+   * were wrong. The service then resends it: a real duplicate, which it must record
+   * (`resent_after_unknown`), never hide. The call is marked `hidden`.
+   */
+  hideFromLookup?: boolean;
+}
 
 export interface SandboxAccount {
   user: string;
@@ -73,6 +111,10 @@ export interface SandboxCall {
   result: 'accepted' | 'rejected' | 'http-500' | 'garbage' | 'hang' | 'status' | 'balance';
   errorCode?: number;
   messageId?: number;
+  /** A queued fault (addFault) decided this call's answer. */
+  fault?: SandboxFaultKind;
+  /** Accepted, but hidden from statusCustom/sms lookups (SandboxFault.hideFromLookup). */
+  hidden?: boolean;
 }
 
 export interface SandboxServer {
@@ -82,11 +124,15 @@ export interface SandboxServer {
   calls(): SandboxCall[];
   /** Sends the sandbox accepted (and would have charged for), in arrival order. */
   acceptedSends(): SandboxCall[];
-  /** Forgets calls, messages and first-call memory; keeps accounts, latency and the id counter. */
+  /** Forgets calls, messages, first-call memory and queued faults; keeps accounts, latency and the id counter. */
   reset(): void;
   setLatency(ms: number): void;
   /** Adds an account or replaces the one with the same user. */
   addAccount(account: SandboxAccount): void;
+  /** Queues a fault for the next `count` matching calls (also POST /__sandbox/faults, JSON body). */
+  addFault(fault: SandboxFault): void;
+  /** Matching calls still to be faulted, over all queued faults. */
+  faultsLeft(): number;
   /** Stops listening and destroys every connection, hanging ones included. */
   close(): Promise<void>;
 }
@@ -183,9 +229,49 @@ export async function startSandbox(options: SandboxOptions = {}): Promise<Sandbo
   let messagesById = new Map<number, StoredMessage>();
   // `${trigger msisdn}\n${user}\n${customId}` for once-only triggers that already fired.
   let firedOnce = new Set<string>();
+  let faults: SandboxFault[] = [];
   const delayedReplies = new Set<NodeJS.Timeout>();
 
-  function firstTime(msisdn: string, user: string, customId: string | null): boolean {
+  /** The first queued fault matching this call, counted down; undefined when none applies. */
+  function takeFault(endpoint: SandboxFault['endpoint'], call: SandboxCall): SandboxFault | undefined {
+    const digits = call.msisdn?.replace(/^\+/, '') ?? null;
+    const fault = faults.find(
+      (f) =>
+        (f.endpoint ?? 'send/sms') === endpoint &&
+        (f.user === undefined || f.user === call.user) &&
+        (f.msisdn === undefined || f.msisdn.replace(/^\+/, '') === digits) &&
+        (f.customId === undefined || f.customId === call.customId),
+    );
+    if (fault === undefined) return undefined;
+    fault.count -= 1;
+    if (fault.count <= 0) faults = faults.filter((f) => f !== fault);
+    call.fault = fault.kind;
+    return fault;
+  }
+
+  /** The answer of a fault that accepts nothing (also used for failing lookups). */
+  function notAcceptedFault(call: SandboxCall, kind: SandboxFaultKind): Reply {
+    switch (kind) {
+      case 'error1':
+      case 'error7':
+        call.result = 'rejected';
+        call.errorCode = kind === 'error1' ? 1 : 7;
+        return kind === 'error1' ? providerError(1, 'Internal error') : providerError(7, 'Too many requests');
+      case 'garbage':
+      case 'acceptedThenGarbage':
+        call.result = 'garbage';
+        return GARBAGE;
+      case 'hang':
+      case 'acceptedThenHang':
+        call.result = 'hang';
+        return 'hang';
+      default:
+        call.result = 'http-500';
+        return HTTP_500;
+    }
+  }
+
+  function firstTime(msisdn: string | null, user: string, customId: string | null): boolean {
     const key = `${msisdn}\n${user}\n${customId ?? ''}`;
     if (firedOnce.has(key)) return false;
     firedOnce.add(key);
@@ -201,7 +287,10 @@ export async function startSandbox(options: SandboxOptions = {}): Promise<Sandbo
       return providerError(code, description);
     };
 
-    switch (digits) {
+    const fault = takeFault('send/sms', call);
+    if (fault && !fault.kind.startsWith('accepted')) return notAcceptedFault(call, fault.kind);
+    // A queued fault replaces the recipient's own trigger.
+    switch (fault ? null : digits) {
       case sandboxTriggers.invalidCredentials:
         return reject(4, 'Invalid user or apikey');
       case sandboxTriggers.invalidNumber:
@@ -237,9 +326,13 @@ export async function startSandbox(options: SandboxOptions = {}): Promise<Sandbo
     const messageId = nextMessageId++;
     const message = { messageId, user };
     messagesById.set(messageId, message);
-    if (customId !== null) messagesByCustomId.set(`${user}\n${customId}`, message);
+    if (customId !== null && !fault?.hideFromLookup) messagesByCustomId.set(`${user}\n${customId}`, message);
     call.result = 'accepted';
     call.messageId = messageId;
+    if (fault) {
+      if (fault.hideFromLookup) call.hidden = true;
+      return notAcceptedFault(call, fault.kind);
+    }
 
     if (digits === sandboxTriggers.acceptedThenHttp500) {
       call.result = 'http-500';
@@ -303,8 +396,11 @@ export async function startSandbox(options: SandboxOptions = {}): Promise<Sandbo
         return json({ status: true, sms: account.sms ?? DEFAULT_SMS_BALANCE, viber: account.viber ?? 0 });
       case 'status/sms':
         return status(call, messagesById.get(Number(params.get('message_id'))), user);
-      case 'statusCustom/sms':
+      case 'statusCustom/sms': {
+        const fault = takeFault('statusCustom/sms', call);
+        if (fault) return notAcceptedFault(call, fault.kind);
         return status(call, messagesByCustomId.get(`${user}\n${call.customId ?? ''}`), user);
+      }
     }
   }
 
@@ -348,6 +444,12 @@ export async function startSandbox(options: SandboxOptions = {}): Promise<Sandbo
     messagesByCustomId = new Map();
     messagesById = new Map();
     firedOnce = new Set();
+    faults = [];
+  }
+
+  function addFault(fault: SandboxFault): void {
+    if (!Number.isSafeInteger(fault.count) || fault.count < 1) throw new RangeError(`fault count must be a positive integer, got ${fault.count}`);
+    faults.push({ ...fault });
   }
 
   // Control endpoints let tests and the benchmark running in other processes drive the sandbox.
@@ -369,6 +471,19 @@ export async function startSandbox(options: SandboxOptions = {}): Promise<Sandbo
         const ms = Number(new URLSearchParams(query).get('ms') ?? Number.NaN);
         if (!Number.isFinite(ms) || ms < 0) return write(response, refuse(400, 'ms must be a non-negative number'));
         setLatency(ms);
+        return write(response, ok);
+      }
+      case 'faults': {
+        let fault: unknown;
+        try {
+          fault = JSON.parse(await readBody(request));
+        } catch {
+          return write(response, refuse(400, 'body must be JSON'));
+        }
+        if (!isSandboxFault(fault)) {
+          return write(response, refuse(400, `body must be {"kind": ${SANDBOX_FAULT_KINDS.join('|')}, "count": positive integer, "endpoint"?, "user"?, "msisdn"?, "customId"?, "hideFromLookup"?}`));
+        }
+        addFault(fault);
         return write(response, ok);
       }
       case 'accounts': {
@@ -427,6 +542,8 @@ export async function startSandbox(options: SandboxOptions = {}): Promise<Sandbo
     reset,
     setLatency,
     addAccount,
+    addFault,
+    faultsLeft: () => faults.reduce((sum, f) => sum + f.count, 0),
     close: () =>
       new Promise<void>((resolve, reject) => {
         for (const timer of delayedReplies) clearTimeout(timer);
@@ -435,6 +552,22 @@ export async function startSandbox(options: SandboxOptions = {}): Promise<Sandbo
         server.closeAllConnections();
       }),
   };
+}
+
+function isSandboxFault(value: unknown): value is SandboxFault {
+  if (typeof value !== 'object' || value === null) return false;
+  const { kind, count, endpoint, user, msisdn, customId, hideFromLookup } = value as Record<string, unknown>;
+  return (
+    (SANDBOX_FAULT_KINDS as readonly unknown[]).includes(kind) &&
+    typeof count === 'number' &&
+    Number.isSafeInteger(count) &&
+    count >= 1 &&
+    (endpoint === undefined || endpoint === 'send/sms' || endpoint === 'statusCustom/sms') &&
+    (user === undefined || typeof user === 'string') &&
+    (msisdn === undefined || typeof msisdn === 'string') &&
+    (customId === undefined || typeof customId === 'string') &&
+    (hideFromLookup === undefined || typeof hideFromLookup === 'boolean')
+  );
 }
 
 function isSandboxAccount(value: unknown): value is SandboxAccount {

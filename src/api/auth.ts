@@ -1,0 +1,145 @@
+import { createHash, timingSafeEqual } from 'node:crypto';
+import type { RequestHandler, Response } from 'express';
+import type { ApiCaller } from './caller.ts';
+import { HttpError } from './errors.ts';
+
+// Caller authentication (API_TOKENS), off unless configured, since the old service's callers send no
+// credentials. When on, every API path needs `Authorization: Bearer <token>` except the open ones
+// below; each token names its caller and may be limited to some enterprises (caller.ts).
+//
+// Only SHA-256 hashes of tokens are configured and kept: a leaked environment or config file does not
+// hand out working tokens. Tokens are meant to be long random strings (32 bytes of randomness), so a
+// fast hash is enough, as for API keys everywhere: nothing is gained by slowing down a guess at 2^256.
+
+export interface ApiToken extends ApiCaller {
+  /** SHA-256 of the token, 32 bytes */
+  sha256: Buffer;
+}
+
+const NAME = /^[A-Za-z0-9._-]{1,50}$/; // service_name is VARCHAR(50)
+const SHA256_HEX = /^[0-9a-fA-F]{64}$/;
+const ENTERPRISE = /^[^\s,:;]{1,10}$/; // enterprises.number is VARCHAR(10)
+
+export function hashApiToken(token: string): Buffer {
+  return createHash('sha256').update(token, 'utf8').digest();
+}
+
+/**
+ * `API_TOKENS="crm:<sha256 hex>:0367,0368;billing:<sha256 hex>:*"`: entries separated by `;` or new
+ * lines, each `name:sha256:enterprises` where enterprises is `*` or a comma list. One name may have
+ * several tokens (rotation); one token may not have several names. Throws naming the entry, never
+ * echoing the hash.
+ */
+export function parseApiTokens(value: string): ApiToken[] {
+  const entries = value
+    .split(/[;\n]/)
+    .map((entry) => entry.trim())
+    .filter((entry) => entry !== '');
+  if (entries.length === 0) throw new Error('no token entries (expected name:sha256:enterprises)');
+  const seen = new Set<string>();
+  return entries.map((entry, index) => {
+    const where = `entry ${index + 1}`;
+    const parts = entry.split(':').map((part) => part.trim());
+    if (parts.length !== 3) throw new Error(`${where}: expected name:sha256:enterprises (enterprises "*" for all)`);
+    const [name, hash, scope] = parts as [string, string, string];
+    if (!NAME.test(name)) throw new Error(`${where}: the name must be 1–50 letters, digits, ".", "_" or "-"`);
+    if (!SHA256_HEX.test(hash)) throw new Error(`${where} (${name}): the token must be given as its SHA-256, 64 hex digits`);
+    const lower = hash.toLowerCase();
+    if (seen.has(lower)) throw new Error(`${where} (${name}): the same token hash appears twice`);
+    seen.add(lower);
+    let enterprises: ApiCaller['enterprises'] = 'all';
+    if (scope !== '*') {
+      const numbers = scope.split(',').map((n) => n.trim());
+      if (numbers.some((n) => !ENTERPRISE.test(n))) throw new Error(`${where} (${name}): enterprises must be "*" or a comma list of enterprise numbers`);
+      enterprises = new Set(numbers);
+    }
+    return { name, sha256: Buffer.from(lower, 'hex'), enterprises };
+  });
+}
+
+/**
+ * Paths that stay open whatever API_TOKENS says: the service description, monitoring, the API docs,
+ * and the operator surfaces, which have their own credentials (ADMIN_USER/ADMIN_PASSWORD, admin-auth.ts)
+ * and could not carry a Bearer token in the same Authorization header. Compared the way Express routes:
+ * case-insensitively, with or without a trailing slash.
+ */
+export function isOpenPath(path: string): boolean {
+  const p = path.toLowerCase().replace(/\/+$/, '') || '/';
+  return (
+    p === '/' ||
+    p === '/health' ||
+    p === '/openapi.json' ||
+    p === '/metrics' ||
+    p === '/docs' ||
+    p.startsWith('/docs/') ||
+    p === '/admin' ||
+    p.startsWith('/admin/')
+  );
+}
+
+/** The token whose hash matches, compared in constant time against every configured token. */
+export function findToken(tokens: readonly ApiToken[], presented: string): ApiToken | undefined {
+  const digest = hashApiToken(presented);
+  let found: ApiToken | undefined;
+  // No early exit: the time taken does not depend on which token (if any) matched.
+  for (const token of tokens) {
+    if (timingSafeEqual(token.sha256, digest) && !found) found = token;
+  }
+  return found;
+}
+
+const BEARER = /^Bearer +([\x21-\x7E]+) *$/i;
+const REALM = 'Bearer realm="user-sms"';
+
+type AuthFailure = 'missing' | 'invalid';
+interface AuthLocals {
+  caller?: ApiCaller;
+  authFailure?: AuthFailure;
+}
+
+const BASIC = /^Basic\s/i;
+
+/**
+ * Two steps, so that the request rate limit can sit between them and count unauthenticated requests
+ * against the client's address: `identify` finds the caller (res.locals.caller) and notes a failure,
+ * `require` answers the failure with 401. Without tokens both do nothing.
+ *
+ * `operatorPaths`: path prefixes whose routes check operator credentials themselves (requireAdmin,
+ * HTTP Basic). Pass them only when those credentials are configured: a request there that carries
+ * Basic credentials is left to that check instead of being refused for lacking a Bearer token (one
+ * Authorization header cannot carry both).
+ */
+export function callerAuthentication(
+  tokens: readonly ApiToken[] | undefined,
+  options: { operatorPaths?: readonly string[] } = {},
+): { identify: RequestHandler; require: RequestHandler } {
+  const operatorPaths = options.operatorPaths ?? [];
+  const isOperatorPath = (path: string) => {
+    const p = path.toLowerCase();
+    return operatorPaths.some((prefix) => p === prefix || p.startsWith(`${prefix}/`));
+  };
+  const identify: RequestHandler = (req, res, next) => {
+    if (!tokens || isOpenPath(req.path)) return next();
+    const locals = res.locals as AuthLocals;
+    const authorization = req.get('authorization') ?? '';
+    if (BASIC.test(authorization) && isOperatorPath(req.path)) return next();
+    const match = BEARER.exec(authorization);
+    const token = match ? findToken(tokens, match[1]!) : undefined;
+    if (token) locals.caller = { name: token.name, enterprises: token.enterprises };
+    else locals.authFailure = match ? 'invalid' : 'missing';
+    next();
+  };
+  const require: RequestHandler = (_req, res, next) => {
+    const failure = (res.locals as AuthLocals).authFailure;
+    if (!failure) return next();
+    next(unauthorized(res, failure));
+  };
+  return { identify, require };
+}
+
+function unauthorized(res: Response, failure: AuthFailure): HttpError {
+  // RFC 6750: no error code when no credentials were sent; invalid_token when they were wrong.
+  res.setHeader('WWW-Authenticate', failure === 'missing' ? REALM : `${REALM}, error="invalid_token"`);
+  const message = failure === 'missing' ? 'Authentication required: send Authorization: Bearer <token>' : 'Invalid API token';
+  return new HttpError(401, message, { errors: [{ field: 'Authorization', message }] });
+}
