@@ -76,7 +76,7 @@ describe('service processes', () => {
     const workers = childPids(service.pid);
     expect(workers).toHaveLength(2);
     expect(await service.stop(30_000)).toBe(0);
-    await eventually(async () => (workers.every((pid) => !alive(pid)) ? true : undefined), 10_000);
+    await eventually(() => (workers.every((pid) => !alive(pid)) ? true : undefined), 10_000);
   });
 
   it('runs the API and any number of workers as separate processes', async () => {

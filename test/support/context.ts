@@ -120,7 +120,7 @@ export async function createTestEnv(env: Record<string, string> = {}): Promise<T
 }
 
 /** Polls until `check` returns a value (not undefined), or fails after timeoutMs. */
-export async function eventually<T>(check: () => Promise<T | undefined>, timeoutMs = 10_000, intervalMs = 50): Promise<T> {
+export async function eventually<T>(check: () => T | undefined | Promise<T | undefined>, timeoutMs = 10_000, intervalMs = 50): Promise<T> {
   const deadline = Date.now() + timeoutMs;
   for (;;) {
     const value = await check();
