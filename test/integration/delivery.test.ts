@@ -1,8 +1,8 @@
 import { createServer } from 'node:net';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import type { Redis } from 'ioredis';
 import { sandboxTriggers, type SandboxCall } from '../../src/websms/sandbox.ts';
 import { insertPendingMessage } from '../../src/messages/repository.ts';
+import { redisDump } from '../support/redis-dump.ts';
 import { createTestEnv, DEMO_KEY, DEMO_USER, eventually, postJson, type TestEnv } from '../support/context.ts';
 
 const PHONE = '+375296254070';
@@ -17,27 +17,6 @@ async function finalRow(env: TestEnv, id: number, timeoutMs = 20_000) {
 
 function callsFor(env: TestEnv, providerRef: string | null): SandboxCall[] {
   return env.sandbox.calls().filter((c) => c.customId === providerRef && c.endpoint.includes('send'));
-}
-
-/** Every string stored under a key prefix, whatever the key's type. */
-async function redisDump(redis: Redis, prefix: string): Promise<string> {
-  const parts: string[] = [];
-  let cursor = '0';
-  do {
-    const [next, keys] = await redis.scan(cursor, 'MATCH', `${prefix}*`, 'COUNT', 1000);
-    cursor = next;
-    for (const key of keys) {
-      const type = await redis.type(key);
-      parts.push(key);
-      if (type === 'string') parts.push((await redis.get(key)) ?? '');
-      else if (type === 'hash') parts.push(JSON.stringify(await redis.hgetall(key)));
-      else if (type === 'list') parts.push(JSON.stringify(await redis.lrange(key, 0, -1)));
-      else if (type === 'set') parts.push(JSON.stringify(await redis.smembers(key)));
-      else if (type === 'zset') parts.push(JSON.stringify(await redis.zrange(key, '0', '-1')));
-      else if (type === 'stream') parts.push(JSON.stringify(await redis.xrange(key, '-', '+')));
-    }
-  } while (cursor !== '0');
-  return parts.join('\n');
 }
 
 describe('each WebSMS failure class gives its documented outcome, never a duplicate send', () => {
@@ -250,7 +229,9 @@ describe('the rate limit holds end to end across several workers', () => {
   const WINDOW_MS = 1_500;
 
   beforeAll(async () => {
-    env = await createTestEnv({ RATE_LIMIT_PER_WINDOW: String(LIMIT), RATE_LIMIT_WINDOW_MS: String(WINDOW_MS), RATE_LIMIT_MARGIN_MS: '30', WORKER_CONCURRENCY: '4' });
+    // The product's default margin: WebSMS's receive times are checked against the bare window, and
+    // the margin is what absorbs the jitter between our grant and WebSMS's receipt of the request.
+    env = await createTestEnv({ RATE_LIMIT_PER_WINDOW: String(LIMIT), RATE_LIMIT_WINDOW_MS: String(WINDOW_MS), RATE_LIMIT_MARGIN_MS: '200', WORKER_CONCURRENCY: '4' });
     await env.seedEnterprise({ number: '0367', customDomain: CREDENTIALS });
     baseUrl = (await env.startService({ workers: 3 })).api!.url;
   });
@@ -270,7 +251,7 @@ describe('the rate limit holds end to end across several workers', () => {
     for (let i = 0; i + LIMIT < times.length; i += 1) {
       expect(times[i + LIMIT]! - times[i]!, `sends ${i} and ${i + LIMIT}`).toBeGreaterThanOrEqual(WINDOW_MS);
     }
-    // 9 sends at 3 per window need 2 full windows after the first batch; allow scheduling slack.
+    // 9 sends at 3 per window (plus margin) need 2 windows after the first batch; allow scheduling slack.
     expect(times[8]! - times[0]!).toBeLessThan(3 * WINDOW_MS);
   });
 });
