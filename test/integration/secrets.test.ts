@@ -111,8 +111,8 @@ describe('no enterprise API key anywhere', () => {
       runCli(env, 'jobs', ['list', '--json']),
       runCli(env, 'report', ['failures']),
     ]);
-    expect(outputs[0]!.code).toBe(0);
-    expect(outputs[1]!.code).not.toBe(0);
+    expect(outputs[0].code).toBe(0);
+    expect(outputs[1].code).not.toBe(0);
     assertClean(outputs.map((o) => o.all).join('\n'));
   });
 });
