@@ -105,6 +105,9 @@ try {
   };
   process.on('SIGTERM', () => shutdown('SIGTERM'));
   process.on('SIGINT', () => shutdown('SIGINT'));
+  // A worker forked by `all` drains when its supervisor is gone (even killed with -9): it must
+  // not run on unsupervised, and the supervisor's replacement will start its own workers.
+  if (process.send) process.once('disconnect', () => shutdown('supervisor exited'));
 } catch (error) {
   logFatal(logger, error);
   process.exit(1);

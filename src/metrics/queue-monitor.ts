@@ -133,7 +133,7 @@ function workerFamilies(workers: WorkerHeartbeat[]): MetricFamily[] {
     },
     {
       name: 'user_sms_worker_jobs_processed_total',
-      help: 'Jobs each live worker process has run to an end since it started.',
+      help: 'Job runs each live worker process finished (completed, or failed and retried) since it started.',
       type: 'counter',
       samples: perWorker((w) => w.processed),
     },

@@ -19,7 +19,7 @@ export interface WorkerHeartbeat {
   pid: number;
   startedAt: string;
   beatAt: string;
-  /** Jobs this process ran to an end (completed or failed), since it started. */
+  /** Job runs this process finished since it started: completed, or failed (to be retried or for good). */
   processed: number;
   /** Metric writes this process dropped (metrics-store.ts), since it started. */
   droppedMetricWrites: number;

@@ -5,12 +5,12 @@ import type { DeliveryMetrics } from '../messages/deliver.ts';
 import { createMetricsRecorder } from './metrics-store.ts';
 import { startWorkerHeartbeat, type RunningHeartbeat } from './worker-heartbeat.ts';
 
-// What a worker process reports about itself: delivery counters and its heartbeat. Its own Redis
-// connection, of the fail-fast kind (no offline queue, command timeout): while Redis is away a
-// counter write fails at once and is dropped, instead of piling up in memory or sharing a
-// connection, and so a queue, with the limiter and the job commands.
+// What a worker process reports about itself: delivery counters and its heartbeat. It has its own
+// Redis connection, of the fail-fast kind (no offline queue, command timeout): while Redis is away a
+// counter write fails at once and is dropped instead of piling up in memory, and counter writes
+// never queue up in front of the limiter's and the jobs' commands.
 
-/** The worker's job events that count as processed. */
+/** The worker's job events that count as a processed run (a delayed job, rate-limited, is neither). */
 interface JobEvents {
   on(event: 'completed' | 'failed', listener: () => void): unknown;
 }

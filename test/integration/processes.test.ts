@@ -79,6 +79,17 @@ describe('service processes', () => {
     await eventually(() => (workers.every((pid) => !alive(pid)) ? true : undefined), 10_000);
   });
 
+  it('a forked worker drains and exits by itself when its supervisor is killed with -9', async () => {
+    const port = await freePort();
+    const service = start('all', serviceEnv(port, { WORKER_PROCESSES: '1' }));
+    await waitForHttp(`http://127.0.0.1:${port}/health`);
+    const [worker] = childPids(service.pid);
+    expect(worker).toBeDefined();
+    process.kill(service.pid, 'SIGKILL'); // the supervisor alone, not its process group
+    await service.exited;
+    await eventually(() => (alive(worker!) ? undefined : true), 20_000);
+  });
+
   it('runs the API and any number of workers as separate processes', async () => {
     const port = await freePort();
     start('worker', serviceEnv(port));

@@ -33,6 +33,8 @@ export function spawnNode(args: string[], env: Record<string, string>, name: str
     cwd: ROOT,
     env: { ...process.env, LOG_LEVEL: 'info', ...env },
     stdio: ['ignore', 'pipe', 'pipe'],
+    // Its own process group, so that killing it takes its children (forked workers) along.
+    detached: true,
   });
   const lines: string[] = [];
   const collect = (chunk: Buffer) => lines.push(...chunk.toString('utf8').split('\n').filter(Boolean));
@@ -44,7 +46,7 @@ export function spawnNode(args: string[], env: Record<string, string>, name: str
   const stop = async (graceMs = 40_000) => {
     if (child.exitCode === null && child.signalCode === null) {
       child.kill('SIGTERM');
-      const timer = setTimeout(() => child.kill('SIGKILL'), graceMs);
+      const timer = setTimeout(() => killGroup(child, 'SIGKILL'), graceMs);
       await exited;
       clearTimeout(timer);
     }
@@ -58,10 +60,18 @@ export function spawnNode(args: string[], env: Record<string, string>, name: str
     exited,
     stop,
     async kill9() {
-      if (child.exitCode === null && child.signalCode === null) child.kill('SIGKILL');
+      if (child.exitCode === null && child.signalCode === null) killGroup(child, 'SIGKILL');
       return exited;
     },
   };
+}
+
+function killGroup(child: ChildProcess, signal: NodeJS.Signals): void {
+  try {
+    if (child.pid) process.kill(-child.pid, signal);
+  } catch {
+    child.kill(signal); // the group is already gone
+  }
 }
 
 export async function freePort(): Promise<number> {
