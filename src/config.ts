@@ -18,6 +18,9 @@ const environmentSchema = z.object({
   PORT: integer(0, 65535).default(8014),
   HOST: z.string().min(1).default('127.0.0.1'),
   DATABASE_URL: url(['postgres:', 'postgresql:']).default('postgresql://postgres@127.0.0.1:5432/postgres'),
+  // Per process. Statements are short and no connection is held across a WebSMS call, so a few
+  // connections serve many concurrent jobs; PostgreSQL's own limit is shared by every process.
+  DATABASE_POOL_SIZE: integer(1, 200).default(10),
   REDIS_URL: url(['redis:', 'rediss:']).default('redis://127.0.0.1:6379'),
   WEBSMS_BASE_URL: url(['http:', 'https:']).default('https://cabinet.websms.by/api'),
   WEBSMS_DEFAULT_SENDER: z.string().min(1).max(11).default('Vochi-CRM'),
@@ -79,6 +82,7 @@ export interface Config {
   readonly port: number;
   readonly host: string;
   readonly databaseUrl: string;
+  readonly databasePoolSize: number;
   readonly redisUrl: string;
   readonly websms: {
     readonly baseUrl: string;
@@ -138,6 +142,7 @@ export function loadConfig(env: NodeJS.ProcessEnv = process.env): Config {
     port: e.PORT,
     host: e.HOST,
     databaseUrl: e.DATABASE_URL,
+    databasePoolSize: e.DATABASE_POOL_SIZE,
     redisUrl: e.REDIS_URL,
     websms: Object.freeze({
       baseUrl: e.WEBSMS_BASE_URL.replace(/\/+$/, ''),

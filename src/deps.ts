@@ -36,7 +36,7 @@ export interface Deps {
 
 export async function createDeps(config: Config, logger: Logger, role: 'api' | 'worker'): Promise<Deps> {
   const db = createDb(config.databaseUrl, {
-    max: role === 'api' ? 20 : Math.min(50, config.worker.concurrency + 5),
+    max: config.databasePoolSize,
     applicationName: `user-sms-${role}`,
   });
   const redis = new Redis(config.redisUrl, redisOptions(role === 'api' ? 'command' : 'blocking'));

@@ -59,6 +59,8 @@ export async function createTestEnv(env: Record<string, string> = {}): Promise<T
     WEBSMS_TIMEOUT_MS: '500',
     RETRY_BACKOFF_MS: '50',
     WORKER_CONCURRENCY: '8',
+    // Test files run in parallel against one PostgreSQL: keep each process's share small.
+    DATABASE_POOL_SIZE: '5',
     ...env,
   });
 
