@@ -1,5 +1,5 @@
 import { Router } from 'express';
-import { checkBalance, CURRENCY, type BalancePorts } from '../enterprises/balance.ts';
+import { balanceFields, checkBalance, type BalancePorts } from '../enterprises/balance.ts';
 import { notFoundMessage } from '../enterprises/repository.ts';
 import { mayUseEnterprise } from './caller.ts';
 import { HttpError } from './errors.ts';
@@ -24,15 +24,7 @@ export function balanceRoute(ports: BalancePorts): Router {
       case 'websms-error':
         throw new HttpError(502, `WebSMS balance check failed for enterprise ${number}: ${check.message}`, { error_code: check.code });
       case 'ok':
-        res.json({
-          enterprise_number: check.enterpriseNumber,
-          enterprise_name: check.enterpriseName,
-          websms_user: check.websmsUser,
-          sms: check.sms,
-          viber: check.viber,
-          total: check.total,
-          currency: CURRENCY,
-        });
+        res.json(balanceFields(check));
     }
   });
   return router;

@@ -192,19 +192,26 @@ export function formatSummary(summary: BalanceSummary, threshold?: number): stri
   return `📊 Итого: ${parts.join(', ')}`;
 }
 
-/** The machine-readable form: the same fields as `GET /enterprises/{number}/balance`. */
+/** The balance as `GET /enterprises/{number}/balance` answers it, and `--json` prints it. */
+export function balanceFields(check: Extract<BalanceCheck, { kind: 'ok' }>) {
+  return {
+    enterprise_number: check.enterpriseNumber,
+    enterprise_name: check.enterpriseName,
+    websms_user: check.websmsUser,
+    sms: check.sms,
+    viber: check.viber,
+    total: check.total,
+    currency: CURRENCY,
+  };
+}
+
+/** The machine-readable form: the same fields as `GET /enterprises/{number}/balance`, and more. */
 export function balanceJson(check: BalanceCheck, threshold?: number): Record<string, unknown> {
   switch (check.kind) {
     case 'ok':
       return {
         ok: true,
-        enterprise_number: check.enterpriseNumber,
-        enterprise_name: check.enterpriseName,
-        websms_user: check.websmsUser,
-        sms: check.sms,
-        viber: check.viber,
-        total: check.total,
-        currency: CURRENCY,
+        ...balanceFields(check),
         active: check.active,
         ...(threshold === undefined ? {} : { below_threshold: isBelow(check, threshold) }),
       };
