@@ -247,7 +247,7 @@ async function reconcile(
       return finishedFromRow(deps, id);
     case 'not-found':
       deps.logger.warn({ ...log, outcome: 'resend' }, 'WebSMS has no record of the unknown attempt; resending (recorded as a possible duplicate)');
-      return resendLater(deps, attempt, { id, enterpriseNumber: attempt.enterpriseNumber }, { code: 'not_sent', message: 'WebSMS never received the message; resending' }, log, true);
+      return resendLater(deps, attempt, { id, enterpriseNumber: attempt.enterpriseNumber }, { code: 'not_sent', message: 'WebSMS has no record of the attempt whose outcome was unknown' }, log, true);
     case 'failed': {
       const failure = { code: 'lookup_failed', message: scrub(`Outcome unknown; lookup failed: ${lookup.reason}`, credentials) };
       if (attempt.lastAttempt) {

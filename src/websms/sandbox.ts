@@ -133,6 +133,8 @@ export interface SandboxServer {
   addFault(fault: SandboxFault): void;
   /** Matching calls still to be faulted, over all queued faults. */
   faultsLeft(): number;
+  /** API calls received but not yet processed, held back by the latency (calls() lists them once processed). */
+  inFlight(): number;
   /** Stops listening and destroys every connection, hanging ones included. */
   close(): Promise<void>;
 }
@@ -544,6 +546,7 @@ export async function startSandbox(options: SandboxOptions = {}): Promise<Sandbo
     addAccount,
     addFault,
     faultsLeft: () => faults.reduce((sum, f) => sum + f.count, 0),
+    inFlight: () => delayedReplies.size,
     close: () =>
       new Promise<void>((resolve, reject) => {
         for (const timer of delayedReplies) clearTimeout(timer);

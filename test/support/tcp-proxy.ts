@@ -1,0 +1,124 @@
+import net from 'node:net';
+
+// A TCP proxy a test puts between the service and a server it must not touch (the machine's shared
+// PostgreSQL or Redis, which CI also uses): the outage happens in the proxy, the server never notices.
+//
+//   open        — bytes flow both ways
+//   down        — every connection is reset and new ones are reset on arrival: the server went away
+//   stall       — connections stay up but no byte passes either way, new ones are accepted and held:
+//                 a network that drops packets. open() resumes them, as TCP would once it is back.
+//   holdReplies — requests reach the server, its answers are held (one-way loss, or a server whose
+//                 answers come too late): the server acts on a command whose client times out.
+
+export type ProxyMode = 'open' | 'down' | 'stall' | 'holdReplies';
+
+export interface TcpProxy {
+  readonly port: number;
+  readonly mode: ProxyMode;
+  /** Client connections currently open through the proxy. */
+  connections(): number;
+  open(): void;
+  down(): void;
+  stall(): void;
+  holdReplies(): void;
+  /** Stops listening and resets every connection. */
+  close(): Promise<void>;
+}
+
+interface Pair {
+  client: net.Socket;
+  upstream: net.Socket | undefined;
+  /** client → server bytes are being forwarded */
+  requestsFlow: boolean;
+  /** server → client bytes are being forwarded */
+  repliesFlow: boolean;
+  closed: boolean;
+}
+
+export async function startTcpProxy(target: { host: string; port: number }): Promise<TcpProxy> {
+  let mode: ProxyMode = 'open';
+  const pairs = new Set<Pair>();
+
+  /** Ends both sides; `abort` resets them (RST) instead of closing them normally. */
+  const end = (pair: Pair, abort: boolean) => {
+    if (pair.closed) return;
+    pair.closed = true;
+    pairs.delete(pair);
+    for (const socket of [pair.client, pair.upstream]) {
+      if (!socket || socket.destroyed) continue;
+      if (abort && !socket.connecting) socket.resetAndDestroy();
+      else socket.destroy();
+    }
+  };
+
+  const direction = (from: net.Socket, to: net.Socket, flow: boolean, flowing: boolean): boolean => {
+    if (flow && !flowing) {
+      from.pipe(to);
+      from.resume();
+    } else if (!flow && flowing) {
+      from.unpipe(to);
+      from.pause();
+    }
+    return flow;
+  };
+
+  /** Brings one connection in line with the current mode. */
+  const apply = (pair: Pair) => {
+    if (pair.closed) return;
+    const requests = mode === 'open' || mode === 'holdReplies';
+    const replies = mode === 'open';
+    if (!requests && !pair.upstream) {
+      pair.client.pause();
+      return;
+    }
+    if (!pair.upstream) {
+      const upstream = net.connect(target);
+      pair.upstream = upstream;
+      upstream.on('error', () => end(pair, true));
+      upstream.on('close', () => end(pair, false));
+    }
+    pair.requestsFlow = direction(pair.client, pair.upstream, requests, pair.requestsFlow);
+    pair.repliesFlow = direction(pair.upstream, pair.client, replies, pair.repliesFlow);
+  };
+
+  const server = net.createServer((client) => {
+    const pair: Pair = { client, upstream: undefined, requestsFlow: false, repliesFlow: false, closed: false };
+    client.on('error', () => end(pair, true));
+    client.on('close', () => end(pair, false));
+    if (mode === 'down') {
+      end(pair, true);
+      return;
+    }
+    pairs.add(pair);
+    apply(pair);
+  });
+  await new Promise<void>((resolve, reject) => {
+    server.once('error', reject);
+    server.listen(0, '127.0.0.1', () => resolve());
+  });
+  const { port } = server.address() as net.AddressInfo;
+
+  const switchTo = (next: ProxyMode) => {
+    mode = next;
+    for (const pair of [...pairs]) {
+      if (next === 'down') end(pair, true);
+      else apply(pair);
+    }
+  };
+
+  return {
+    port,
+    get mode() {
+      return mode;
+    },
+    connections: () => pairs.size,
+    open: () => switchTo('open'),
+    down: () => switchTo('down'),
+    stall: () => switchTo('stall'),
+    holdReplies: () => switchTo('holdReplies'),
+    close() {
+      switchTo('down');
+      return new Promise<void>((resolve) => server.close(() => resolve()));
+    },
+  };
+}
