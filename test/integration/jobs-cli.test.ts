@@ -210,7 +210,8 @@ describe('retry and drop act on the job and record it on the row', () => {
     const id = await newMessage(env);
     await sql`UPDATE user_sms_send SET status = 'sending', attempts = 1, claimed_at = now() WHERE id = ${String(id)}`.execute(env.db);
 
-    const early = await runCli(env, 'jobs', ['drop', String(id)]);
+    // A wide WebSMS budget: the command's own start-up must not outlast "a call may be in flight".
+    const early = await runCli(env, 'jobs', ['drop', String(id)], { WEBSMS_TIMEOUT_MS: '60000' });
     expect(early.code).toBe(6);
     expect(early.stderr).toContain('may still be in flight');
     expect((await row(env, id)).status).toBe('sending');
