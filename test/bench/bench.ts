@@ -1,0 +1,265 @@
+// `npm run bench`: the measurements of ../shared/guides/benchmarks.md on an isolated service.
+//
+// Starts its own database, queue prefixes, WebSMS sandbox process, API and worker processes on free
+// 127.0.0.1 ports; measures throughput and latency beside direct-to-sandbox load, the overhead at
+// half of the maximum, CPU per message, memory, the rate limit and 10,000 enterprises; checks that
+// every message is final, that no provider reference was sent twice and that no enterprise went
+// over its limit; writes <out>/bench-<time>.json and .svg (and latest.json / latest.svg), prints a
+// table. Exit code 1 when a check fails (a missed target is reported, not failed), 2 for bad
+// options, 130 on Ctrl-C. `npm run bench -- --help` lists the options.
+import { execFileSync } from 'node:child_process';
+import { mkdirSync, writeFileSync } from 'node:fs';
+import os from 'node:os';
+import { join } from 'node:path';
+import { limitViolations, SendLedger, successMatchesSandbox, waitForFinalStates, type CheckResult } from './checks.ts';
+import { renderChart, type LatencySeries } from './chart.ts';
+import { closedLoop, roundRobinSource } from './load.ts';
+import { findRedisPid } from './measurements.ts';
+import { parseOptions, usage, type BenchOptions } from './options.ts';
+import { startStack, type MemoryResult, type OverheadResult, type RateLimitResult, type ScaleResult, type ThroughputResult } from './phases.ts';
+import { evaluateTargets, renderTable, type BenchDocument } from './report.ts';
+import { ACCOUNTS, seedEnterprises, startBench, type Bench } from './stack.ts';
+
+// Enterprise number prefixes (enterprises.number is VARCHAR(10)).
+const THROUGHPUT = 'T';
+const LIMITED = 'R0';
+const OTHER = 'O';
+const SCALE = 'S';
+const OTHER_ENTERPRISES = 5_000;
+// The service's default limit, under which the throughput runs are made.
+const REAL_LIMIT = { limit: 3, windowMs: 60_000 };
+
+let options: BenchOptions;
+try {
+  const parsed = parseOptions(process.argv.slice(2));
+  if (parsed === 'help') {
+    process.stdout.write(usage());
+    process.exit(0);
+  }
+  options = parsed;
+} catch (error) {
+  process.stderr.write(`${error instanceof Error ? error.message : String(error)}\n\n${usage()}`);
+  process.exit(2);
+}
+
+let bench: Bench | undefined;
+let finishing = false;
+
+/** Takes everything down (once), then exits. */
+async function finish(code: number, reason?: string): Promise<never> {
+  if (!finishing) {
+    finishing = true;
+    if (reason) process.stderr.write(`\nbench: ${reason}; cleaning up…\n`);
+    const failures = bench ? await bench.teardown.run() : [];
+    for (const failure of failures) process.stderr.write(`bench: cleanup: ${failure}\n`);
+    process.exit(failures.length > 0 && code === 0 ? 1 : code);
+  }
+  return new Promise<never>(() => undefined);
+}
+
+process.on('SIGINT', () => void finish(130, 'interrupted'));
+process.on('SIGTERM', () => void finish(143, 'terminated'));
+const deadline = setTimeout(() => void finish(1, `time limit of ${options.maxSeconds} s reached`), options.maxSeconds * 1000);
+
+function log(message: string): void {
+  process.stderr.write(`[bench ${new Date().toISOString().slice(11, 19)}] ${message}\n`);
+}
+
+function gitCommit(): string | null {
+  try {
+    const head = execFileSync('git', ['rev-parse', '--short', 'HEAD'], { encoding: 'utf8', stdio: ['ignore', 'pipe', 'ignore'] }).trim();
+    const dirty = execFileSync('git', ['status', '--porcelain', '--untracked-files=no', '--', 'src', 'workers'], { encoding: 'utf8', stdio: ['ignore', 'pipe', 'ignore'] }).trim();
+    return dirty ? `${head}+local changes` : head;
+  } catch {
+    return null;
+  }
+}
+
+async function run(): Promise<number> {
+  const startedAt = new Date();
+  bench = await startBench({
+    databaseUrl: options.databaseUrl,
+    redisUrl: options.redisUrl,
+    profileDir: options.profile ? join(options.outDir, 'profiles') : undefined,
+    nodeOptions: options.nodeOptions,
+  });
+  log(`database sms_bench_${bench.runId}, sandbox ${bench.sandbox.origin}`);
+  const ledger = new SendLedger();
+  const checks: CheckResult[] = [];
+  const notes: string[] = [];
+  const redisPid = await findRedisPid(bench.redis);
+  if (redisPid === undefined) notes.push('Redis CPU not measured: its process is not visible from here.');
+  const concurrency: Record<string, string> = options.workerConcurrency === undefined ? {} : { WORKER_CONCURRENCY: String(options.workerConcurrency) };
+
+  const throughput: ThroughputResult[] = [];
+  const overhead: OverheadResult[] = [];
+  const latencySeries: LatencySeries[] = [];
+  let memory: MemoryResult | null = null;
+  let rateLimit: RateLimitResult | null = null;
+  let scale: ScaleResult | null = null;
+  const wants = (phase: BenchOptions['phases'][number]) => options.phases.includes(phase);
+
+  if (wants('throughput') || wants('overhead') || wants('soak')) {
+    await seedEnterprises(bench, THROUGHPUT, 0, options.enterprises, ACCOUNTS.service);
+    log(`throughput stack: API + ${options.workers} workers, ${options.enterprises} enterprises`);
+    const stack = await startStack(bench, 't', options.workers, concurrency, options, ledger, redisPid);
+    await new Promise((r) => setTimeout(r, 2_000));
+    const idle = await stack.memory();
+    const source = roundRobinSource(THROUGHPUT, options.enterprises);
+    // JIT and connection pools warm up; not reported, but checked like every other message.
+    await stack.measure(
+      () => closedLoop({ label: 'warm-up', origin: stack.service.apiUrl, target: 'service', source, connections: options.connections, durationS: options.quick ? 1 : 3 }),
+      'warm-up',
+    );
+    if (wants('throughput') || wants('overhead')) {
+      for (const latencyMs of options.latenciesMs) {
+        log(`throughput at ${latencyMs} ms: direct, then service (${options.durationS} s each)`);
+        const result = await stack.throughput(source, latencyMs);
+        throughput.push(result);
+        log(`  direct ${result.direct.okPerS.toFixed(0)}/s, service ${result.service.okPerS.toFixed(0)}/s (${(result.ratio * 100).toFixed(1)}%)`);
+        latencySeries.push({ label: `direct, ${latencyMs} ms`, latency: result.direct.latency, dashed: true }, { label: `service, ${latencyMs} ms`, latency: result.service.latency });
+      }
+    }
+    if (wants('overhead')) {
+      for (const t of throughput) {
+        log(`overhead at ${t.latencyMs} ms, paced at ${(options.overheadLoadFraction * 100).toFixed(0)}% of ${t.service.okPerS.toFixed(0)}/s`);
+        const { samples: _samples, ...result } = await stack.overhead(source, t.latencyMs, t.service.okPerS);
+        overhead.push(result);
+        log(`  overhead p50 ${result.overhead.p50.toFixed(1)} ms, p99 ${result.overhead.p99.toFixed(1)} ms`);
+        latencySeries.push({ label: `paced ${result.run.targetRatePerS ?? 0}/s, ${t.latencyMs} ms`, latency: result.run.latency });
+      }
+    }
+    const afterLoad = await stack.memory();
+    memory = { idle, afterLoad };
+    if (wants('soak') && options.soakS > 0) {
+      const latencyMs = options.latenciesMs[0] ?? 0;
+      log(`soak: ${options.soakS} s closed loop at ${latencyMs} ms, RSS every second`);
+      memory.soak = await stack.soak(source, latencyMs, options.soakS);
+    }
+    await stack.service.stop();
+    checks.push(...stack.checks);
+  }
+
+  if (wants('ratelimit') || wants('scale')) {
+    await seedEnterprises(bench, 'R', 0, 1, ACCOUNTS.limited);
+    // Probes of the rate-limit phase and the scale baseline: enough that none nears its own limit.
+    await seedEnterprises(bench, OTHER, 0, OTHER_ENTERPRISES, ACCOUNTS.service);
+    if (wants('scale')) await seedEnterprises(bench, SCALE, 0, options.scaleEnterprises, ACCOUNTS.service);
+    const env = {
+      ...concurrency,
+      RATE_LIMIT_PER_WINDOW: String(options.rateLimit),
+      RATE_LIMIT_WINDOW_MS: String(options.rateWindowMs),
+      RATE_LIMIT_MARGIN_MS: String(options.rateMarginMs),
+    };
+    log(`rate-limit stack: API + ${options.rateWorkers} workers, ${options.rateLimit} per ${options.rateWindowMs} ms (+${options.rateMarginMs} ms)`);
+    const stack = await startStack(bench, 'r', options.rateWorkers, env, options, ledger, redisPid);
+    // A running service has its connections open and its code compiled. A cold one delays its first
+    // sends (new PostgreSQL connections, first WebSMS connection): up to ~260 ms from grant to WebSMS
+    // here, more than the margin, which the first window of a backlog would then show as a violation.
+    await stack.measure(
+      () => closedLoop({ label: 'warm-up', origin: stack.service.apiUrl, target: 'service', source: roundRobinSource(OTHER, OTHER_ENTERPRISES, 1_000), connections: options.connections, amount: 500 }),
+      'rate-limit warm-up',
+    );
+    if (wants('ratelimit')) {
+      log(`rate limit: ${options.backlog}-message backlog for ${LIMITED}`);
+      rateLimit = await stack.rateLimit(LIMITED, OTHER);
+      log(
+        `  ${rateLimit.sent} sent in ${(rateLimit.drainMs / 1000).toFixed(1)} s, ${(rateLimit.fractionOfAllowed * 100).toFixed(1)}% of allowed, ${rateLimit.windowsOverLimit} windows over, grant→WebSMS max ${rateLimit.grantToArrivalMs.max.toFixed(0)} ms`,
+      );
+    }
+    if (wants('scale')) {
+      log(`scale: ${options.scaleEnterprises} distinct enterprises`);
+      scale = await stack.scale(SCALE, options.scaleEnterprises, OTHER, Math.min(OTHER_ENTERPRISES, options.scaleEnterprises));
+      log(`  limiter keys ${scale.rateKeysAfterLoad} → ${scale.rateKeysAfterWindow}`);
+    }
+    await stack.service.stop();
+    checks.push(...stack.checks);
+  }
+
+  // Correctness over everything this run sent.
+  const counts = await waitForFinalStates(bench.sql, 30_000);
+  checks.push({ name: 'every message reached a final state', passed: counts.unfinished === 0, detail: `${counts.total} messages: ${JSON.stringify(counts.byStatus)}` });
+  const notSuccess = counts.total - (counts.byStatus.success ?? 0);
+  checks.push({ name: 'every message was sent (the sandbox accepts all)', passed: notSuccess === 0, detail: `${notSuccess} not successful` });
+  const duplicates = ledger.duplicates();
+  checks.push({
+    name: 'no duplicate WebSMS call per provider reference',
+    passed: duplicates.length === 0 && ledger.withoutRef === 0,
+    detail: `${ledger.sends} send calls, ${duplicates.length} references sent more than once${duplicates.length ? ` (e.g. ${JSON.stringify(duplicates.slice(0, 3))})` : ''}, ${ledger.withoutRef} without reference`,
+  });
+  const matched = await successMatchesSandbox(bench.sql, ledger);
+  checks.push({
+    name: 'every success row matches one accepted WebSMS call',
+    passed: matched.missing === 0 && matched.acceptedCalls === matched.successRows,
+    detail: `${matched.successRows} success rows, ${matched.acceptedCalls} accepted calls, ${matched.missing} rows without a call`,
+  });
+  const limits = await limitViolations(bench.sql, ledger, (enterprise) =>
+    enterprise.startsWith(THROUGHPUT) ? REAL_LIMIT : { limit: options.rateLimit, windowMs: options.rateWindowMs },
+  );
+  checks.push({
+    name: 'no enterprise over its limit in any rolling window (as WebSMS received the calls)',
+    passed: limits.violations === 0,
+    detail:
+      `${limits.enterprises} enterprises, ${limits.sends} sends, ${limits.violations} windows over` +
+      (limits.worst.length ? ` (${JSON.stringify(limits.worst.slice(0, 3))})` : '') +
+      (rateLimit ? `; grant→WebSMS delay max ${rateLimit.grantToArrivalMs.max.toFixed(0)} ms vs ${rateLimit.marginMs} ms margin` : ''),
+  });
+
+  if (rateLimit) {
+    const r = rateLimit;
+    checks.push({
+      name: "the limiter's own grants never exceed the limit in any window + margin",
+      passed: r.grantWindowsOverLimit === 0 && r.grants === r.sent,
+      detail: `${r.grants} grants for ${r.sent} sends, ${r.grantWindowsOverLimit} windows over`,
+    });
+  }
+  const finishedAt = new Date();
+  const { databaseUrl: _db, redisUrl: _redis, ...shownOptions } = options;
+  const partial = {
+    meta: {
+      startedAt: startedAt.toISOString(),
+      finishedAt: finishedAt.toISOString(),
+      durationS: Math.round((finishedAt.getTime() - startedAt.getTime()) / 1000),
+      host: { cpus: os.cpus().length, model: os.cpus()[0]?.model ?? '?', loadAverage: os.loadavg(), node: process.versions.node, platform: `${os.platform()} ${os.release()}` },
+      commit: gitCommit(),
+      options: shownOptions,
+      notes,
+    },
+    throughput,
+    overhead,
+    memory,
+    rateLimit,
+    scale,
+  };
+  const passed = checks.every((c) => c.passed);
+  const doc: BenchDocument = { ...partial, targets: evaluateTargets(partial), checks, passed };
+
+  mkdirSync(options.outDir, { recursive: true });
+  const stamp = startedAt.toISOString().replace(/[:.]/g, '-');
+  const jsonPath = join(options.outDir, `bench-${stamp}.json`);
+  const svgPath = join(options.outDir, `bench-${stamp}.svg`);
+  const chart = renderChart(
+    `npm run bench — ${doc.meta.startedAt}, ${doc.meta.host.cpus} CPUs, ${options.connections} clients`,
+    latencySeries,
+    rateLimit
+      ? { limit: rateLimit.limit, windowMs: rateLimit.windowMs, marginMs: rateLimit.marginMs, sendOffsetsMs: rateLimit.sendOffsetsMs, probes: rateLimit.otherEnterprise.samples, probeBudgetMs: 100 + rateLimit.latencyMs }
+      : undefined,
+  );
+  writeFileSync(jsonPath, `${JSON.stringify(doc, null, 2)}\n`);
+  writeFileSync(svgPath, chart);
+  writeFileSync(join(options.outDir, 'latest.json'), `${JSON.stringify(doc, null, 2)}\n`);
+  writeFileSync(join(options.outDir, 'latest.svg'), chart);
+  process.stdout.write(`\n${renderTable(doc)}\n\nwritten: ${jsonPath}, ${svgPath}\n`);
+  return passed ? 0 : 1;
+}
+
+try {
+  const code = await run();
+  clearTimeout(deadline);
+  await finish(code);
+} catch (error) {
+  clearTimeout(deadline);
+  // After Ctrl-C or the time limit the run fails as its processes go away: that is not news.
+  if (!finishing) process.stderr.write(`bench failed: ${error instanceof Error ? (error.stack ?? error.message) : String(error)}\n`);
+  await finish(1);
+}

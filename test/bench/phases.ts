@@ -1,0 +1,398 @@
+import { SendLedger, statusCounts, waitForFinalStates, windowViolations, type CheckResult } from './checks.ts';
+import { closedLoop, paced, roundRobinSource, sendOne, summarise, type LatencySummary, type LoadResult, type MessageSource } from './load.ts';
+import { CpuMeter, findPostgresBackends, GROUPS, rssRecorder, sampleRss, type CpuByGroup, type Group, type RssSample } from './measurements.ts';
+import type { BenchOptions } from './options.ts';
+import { ACCOUNTS, countKeys, liveHeapMb, startService, type Bench, type Service } from './stack.ts';
+
+// The measurements of ../shared/guides/benchmarks.md, each on a running stack. Every phase waits
+// until all of its messages are final before the next one starts, so that CPU figures cover whole
+// messages and the sandbox's record can be checked and cleared between runs.
+
+/** Service users whose calls the checks read (the direct load has its own account). */
+export const SERVICE_USERS: ReadonlySet<string> = new Set([ACCOUNTS.service.user, ACCOUNTS.limited.user]);
+
+export type RunSummary = Omit<LoadResult, 'samples'>;
+
+export interface CpuPerMessage {
+  /** ms of CPU per message, by process group; null: not measurable here */
+  byGroup: Record<Group, number | null>;
+  /** the service's own processes plus PostgreSQL and Redis: what a deployment pays per message */
+  serviceTotal: number;
+  /** everything on the machine that worked for these messages, load generator and sandbox included */
+  machineTotal: number;
+  messages: number;
+}
+
+export interface ThroughputResult {
+  latencyMs: number;
+  direct: RunSummary;
+  service: RunSummary;
+  /** service ok/s ÷ direct ok/s, same clients, same run */
+  ratio: number;
+  cpu: CpuPerMessage;
+  directCpu: CpuPerMessage;
+}
+
+export interface OverheadResult {
+  latencyMs: number;
+  run: RunSummary;
+  /** end-to-end latency minus the sandbox latency */
+  overhead: LatencySummary;
+  /**
+   * Where a message's time goes, from the row's own timestamps (p50/p90/p99, ms): insert → claim
+   * (enqueue, worker pick-up, limiter, the claim itself) and claim → outcome recorded (WebSMS call
+   * minus the sandbox latency, the outcome UPDATE). The rest of the end-to-end time is the API before
+   * the insert and after the outcome (job completion, event stream, answer).
+   */
+  breakdown: { insertToClaim: number[]; claimToRecordedMinusSandbox: number[] };
+  cpu: CpuPerMessage;
+}
+
+/** MB per process (api, worker1 …): resident set, and live heap after a full collection. */
+export interface MemorySample {
+  rss: Record<string, number | null>;
+  liveHeap: Record<string, number | null>;
+}
+
+export interface MemoryResult {
+  idle: MemorySample;
+  afterLoad: MemorySample;
+  soak?: {
+    seconds: number;
+    latencyMs: number;
+    run: RunSummary;
+    at10s: MemorySample;
+    atEnd: MemorySample;
+    /** RSS every second during the run */
+    samples: RssSample[];
+  };
+}
+
+export interface RateLimitResult {
+  backlog: number;
+  workers: number;
+  limit: number;
+  windowMs: number;
+  marginMs: number;
+  latencyMs: number;
+  /** ms after the first send, as WebSMS (the sandbox) received them */
+  sendOffsetsMs: number[];
+  sent: number;
+  drainMs: number;
+  /** sends/s after the first window's burst: (n − limit) / (t_last − t_first) */
+  achievedPerS: number;
+  allowedPerS: number;
+  /** achieved ÷ allowed (limit per window); the margin alone caps it at window / (window + margin) */
+  fractionOfAllowed: number;
+  fractionOfEffective: number;
+  windowsOverLimit: number;
+  /** the same count on the limiter's own grant times (Redis clock), against window + margin */
+  grantWindowsOverLimit: number;
+  grants: number;
+  /** the shortest time, as WebSMS received them, spanned by limit + 1 consecutive sends (≥ window: no violation) */
+  closestWindowMs: number | null;
+  /** from the limiter's grant (Redis clock) to WebSMS's receipt: the jitter the margin must cover */
+  grantToArrivalMs: LatencySummary;
+  /** another enterprise's single message, sent while the backlog drains, waited for */
+  otherEnterprise: { probes: number; latencyMs: LatencySummary; statuses: Record<string, number>; samples: Array<{ atMs: number; latencyMs: number }> };
+}
+
+export interface ScaleResult {
+  enterprises: number;
+  /** the baseline run: half as many messages over this many enterprises */
+  baselineEnterprises: number;
+  run: RunSummary;
+  rateKeysAfterLoad: number;
+  /** MEMORY USAGE of a sample of limiter keys, bytes per key */
+  bytesPerRateKey: number | null;
+  rateKeysAfterWindow: number;
+  waitedMs: number;
+  /** every key under the queue prefix (per-message job records, kept KEEP_FINISHED_JOBS_S) */
+  queueKeysAfterWindow: number;
+  /** before the baseline, after it (= before the distinct enterprises), and after them */
+  start: MemorySample;
+  before: MemorySample;
+  after: MemorySample;
+}
+
+function strip(result: LoadResult): RunSummary {
+  const { samples: _samples, ...rest } = result;
+  return rest;
+}
+
+function serviceProcesses(service: Service): Array<{ name: string; pid: number }> {
+  return [service.api, ...service.workers].map((p) => ({ name: p.name, pid: p.pid }));
+}
+
+async function messageCount(bench: Bench): Promise<number> {
+  return (await statusCounts(bench.sql)).total;
+}
+
+export class StackRunner {
+  readonly meter: CpuMeter;
+  private readonly bench: Bench;
+  readonly service: Service;
+  private readonly ledger: SendLedger;
+  private readonly options: BenchOptions;
+  readonly checks: CheckResult[] = [];
+
+  constructor(bench: Bench, service: Service, ledger: SendLedger, options: BenchOptions, redisPid: number | undefined) {
+    this.bench = bench;
+    this.service = service;
+    this.ledger = ledger;
+    this.options = options;
+    const database = new URL(bench.database.url).pathname.slice(1);
+    this.meter = new CpuMeter(async () => ({
+      api: [service.api.pid],
+      workers: service.workers.map((w) => w.pid),
+      sandbox: [bench.sandbox.process.pid],
+      redis: redisPid === undefined ? [] : [redisPid],
+      postgres: await findPostgresBackends(bench.sql, database),
+    }));
+  }
+
+  /**
+   * After a run: wait until every message is final (bounded), move the sandbox's record into the
+   * ledger and clear the sandbox. A message still unfinished is a failed check, and the sandbox is
+   * then left as it is, since a lookup may still need what it remembers.
+   */
+  async settle(label: string, timeoutMs = 60_000): Promise<void> {
+    const counts = await waitForFinalStates(this.bench.sql, timeoutMs);
+    this.ledger.add(await this.bench.sandbox.calls(), SERVICE_USERS);
+    if (counts.unfinished > 0) {
+      this.checks.push({ name: `all messages final after ${label}`, passed: false, detail: `${counts.unfinished} still unfinished after ${timeoutMs} ms: ${JSON.stringify(counts.byStatus)}` });
+      return;
+    }
+    await this.bench.sandbox.reset();
+  }
+
+  async measure<T>(run: () => Promise<T>, label: string): Promise<{ result: T; cpu: CpuPerMessage }> {
+    const before = await messageCount(this.bench);
+    const start = await this.meter.snapshot();
+    const result = await run();
+    await this.settle(label);
+    const end = await this.meter.snapshot();
+    const messages = (await messageCount(this.bench)) - before;
+    return { result, cpu: perMessage(CpuMeter.between(start, end), messages) };
+  }
+
+  rss(): Record<string, number | null> {
+    return sampleRss(serviceProcesses(this.service)).byProcess;
+  }
+
+  async memory(): Promise<MemorySample> {
+    const processes = [this.service.api, ...this.service.workers];
+    const heaps = await Promise.all(processes.map((p) => liveHeapMb(p)));
+    return { rss: this.rss(), liveHeap: Object.fromEntries(processes.map((p, i) => [p.name, heaps[i] ?? null])) };
+  }
+
+  async throughput(source: MessageSource, latencyMs: number): Promise<ThroughputResult> {
+    const { connections, durationS } = this.options;
+    await this.bench.sandbox.setLatency(latencyMs);
+    const directStart = await this.meter.snapshot();
+    const direct = await closedLoop({ label: `direct ${latencyMs} ms`, origin: this.bench.sandbox.origin, target: 'direct', source, connections, durationS });
+    const directCpu = perMessage(CpuMeter.between(directStart, await this.meter.snapshot()), direct.requests);
+    await this.settle(`direct ${latencyMs} ms`);
+    const { result: service, cpu } = await this.measure(
+      () => closedLoop({ label: `service ${latencyMs} ms`, origin: this.service.apiUrl, target: 'service', source, connections, durationS }),
+      `service ${latencyMs} ms`,
+    );
+    return { latencyMs, direct: strip(direct), service: strip(service), ratio: service.okPerS / direct.okPerS, cpu, directCpu };
+  }
+
+  async overhead(source: MessageSource, latencyMs: number, maxPerS: number): Promise<OverheadResult & { samples: Float64Array }> {
+    await this.bench.sandbox.setLatency(latencyMs);
+    const { rows: ids } = await this.bench.sql.query<{ max: string | null }>('SELECT max(id) AS max FROM user_sms_send');
+    const firstId = Number(ids[0]?.max ?? 0);
+    const ratePerS = Math.max(1, Math.round(maxPerS * this.options.overheadLoadFraction));
+    const { result, cpu } = await this.measure(
+      () => paced({ label: `paced ${latencyMs} ms`, origin: this.service.apiUrl, source, ratePerS, durationS: this.options.durationS, maxInFlight: this.options.connections }),
+      `paced ${latencyMs} ms`,
+    );
+    const overhead = summarise(Array.from(result.samples, (v) => v - latencyMs));
+    const { rows } = await this.bench.sql.query<{ to_claim: number[] | null; to_recorded: number[] | null }>(
+      `SELECT percentile_cont(ARRAY[0.5, 0.9, 0.99]) WITHIN GROUP (ORDER BY extract(epoch FROM claimed_at - (created_at AT TIME ZONE current_setting('TimeZone'))) * 1000) AS to_claim,
+              percentile_cont(ARRAY[0.5, 0.9, 0.99]) WITHIN GROUP (ORDER BY extract(epoch FROM updated_at - claimed_at) * 1000 - $2) AS to_recorded
+         FROM user_sms_send WHERE id > $1 AND status = 'success'`,
+      [firstId, latencyMs],
+    );
+    const round = (values: number[] | null | undefined) => (values ?? []).map((v) => Math.round(v * 10) / 10);
+    const breakdown = { insertToClaim: round(rows[0]?.to_claim), claimToRecordedMinusSandbox: round(rows[0]?.to_recorded) };
+    return { latencyMs, run: strip(result), overhead, breakdown, cpu, samples: result.samples };
+  }
+
+  async soak(source: MessageSource, latencyMs: number, seconds: number): Promise<NonNullable<MemoryResult['soak']>> {
+    await this.bench.sandbox.setLatency(latencyMs);
+    const recorder = rssRecorder(serviceProcesses(this.service));
+    // Both samples are taken under load, the same way, so that they compare: 10 s in, and at the end.
+    const sampleAt = (ms: number) => new Promise<MemorySample>((resolve) => setTimeout(() => resolve(this.memory()), ms));
+    const [run, at10s, atEnd] = await Promise.all([
+      closedLoop({ label: `soak ${seconds} s`, origin: this.service.apiUrl, target: 'service', source, connections: this.options.connections, durationS: seconds }),
+      sampleAt(10_000),
+      sampleAt(seconds * 1000 - 500),
+    ]);
+    const samples = recorder.stop();
+    await this.settle(`soak ${seconds} s`, 120_000);
+    return { seconds, latencyMs, run: strip(run), at10s, atEnd, samples };
+  }
+
+  /** One enterprise's backlog over the shortened window, with another enterprise's messages in between. */
+  async rateLimit(limitedEnterprise: string, otherPrefix: string): Promise<RateLimitResult> {
+    const { backlog, rateLimit: limit, rateWindowMs: windowMs, rateMarginMs: marginMs, rateLatencyMs: latencyMs } = this.options;
+    await this.bench.sandbox.setLatency(latencyMs);
+    const { rows } = await this.bench.sql.query<{ max: string | null }>('SELECT max(id) AS max FROM user_sms_send');
+    const firstId = Number(rows[0]?.max ?? 0);
+    const limiterKey = `${this.service.prefix}:rate:${limitedEnterprise}`;
+    // Grant times as the limiter recorded them (Redis clock, ms), by message id: members are
+    // `${messageId}:${uuid}` and stay in the set for a whole window, so polling every tenth of one sees all.
+    const grants = new Map<number, number>();
+    const pollGrants = async () => {
+      const flat = await this.bench.redis.zrange(limiterKey, '0', '-1', 'WITHSCORES');
+      for (let i = 0; i + 1 < flat.length; i += 2) grants.set(Number(flat[i]!.split(':')[0]), Number(flat[i + 1]));
+    };
+
+    // The backlog is queued at once (?wait=false answers 202 with the message id).
+    const started = Date.now();
+    const accepted = await Promise.all(
+      Array.from({ length: backlog }, (_, i) =>
+        sendOne(this.service.apiUrl, { enterprise_number: limitedEnterprise, phone: `+37529${2_000_000 + i}`, text: `Backlog ${i}` }, '?wait=false'),
+      ),
+    );
+    const refused = accepted.filter((a) => a.status !== 202 && a.status !== 200);
+    if (refused.length > 0) throw new Error(`backlog: ${refused.length} of ${backlog} messages were refused: ${JSON.stringify(refused[0]?.body)}`);
+
+    const probes: Array<{ atMs: number; latencyMs: number; status: number }> = [];
+    const drainDeadline = started + (Math.ceil(backlog / limit) + 2) * (windowMs + marginMs) + 30_000;
+    for (let k = 0; ; k += 1) {
+      await pollGrants();
+      const { rows: left } = await this.bench.sql.query<{ n: string }>(
+        "SELECT count(*) AS n FROM user_sms_send WHERE enterprise_number = $1 AND status IN ('pending', 'queued', 'sending')",
+        [limitedEnterprise],
+      );
+      if (Number(left[0]?.n ?? 0) === 0 || Date.now() > drainDeadline) break;
+      const probe = await sendOne(this.service.apiUrl, { enterprise_number: `${otherPrefix}${k}`, phone: `+37529${3_000_000 + k}`, text: `Other enterprise ${k}` });
+      probes.push({ atMs: Date.now() - started, latencyMs: probe.latencyMs, status: probe.status });
+      await new Promise((r) => setTimeout(r, Math.max(0, windowMs / 10 - probe.latencyMs)));
+    }
+    await pollGrants();
+    await this.settle('rate limit');
+
+    const { rows: sent } = await this.bench.sql.query<{ id: string; provider_ref: string }>(
+      'SELECT id, provider_ref FROM user_sms_send WHERE enterprise_number = $1 AND id > $2 AND provider_ref IS NOT NULL',
+      [limitedEnterprise, firstId],
+    );
+    const times: number[] = [];
+    const grantToArrival: number[] = [];
+    for (const row of sent) {
+      const arrivals = this.ledger.timesOf(row.provider_ref) ?? [];
+      times.push(...arrivals);
+      const grantedAt = grants.get(Number(row.id));
+      if (grantedAt !== undefined && arrivals.length === 1) grantToArrival.push(arrivals[0]! - grantedAt);
+    }
+    times.sort((a, b) => a - b);
+    const first = times[0] ?? started;
+    const last = times[times.length - 1] ?? started;
+    const spanMs = last - first;
+    const achievedPerS = times.length > limit && spanMs > 0 ? ((times.length - limit) / spanMs) * 1000 : Number.NaN;
+    const allowedPerS = (limit / windowMs) * 1000;
+    let closestWindowMs = Number.POSITIVE_INFINITY;
+    for (let i = 0; i + limit < times.length; i += 1) closestWindowMs = Math.min(closestWindowMs, times[i + limit]! - times[i]!);
+    const statuses: Record<string, number> = {};
+    for (const p of probes) statuses[p.status] = (statuses[p.status] ?? 0) + 1;
+    return {
+      backlog,
+      workers: this.service.workers.length,
+      limit,
+      windowMs,
+      marginMs,
+      latencyMs,
+      sendOffsetsMs: times.map((t) => t - first),
+      sent: times.length,
+      drainMs: last - started,
+      achievedPerS,
+      allowedPerS,
+      fractionOfAllowed: achievedPerS / allowedPerS,
+      fractionOfEffective: achievedPerS / ((limit / (windowMs + marginMs)) * 1000),
+      windowsOverLimit: windowViolations(times, limit, windowMs),
+      grantWindowsOverLimit: windowViolations([...grants.values()], limit, windowMs + marginMs),
+      grants: grants.size,
+      closestWindowMs: Number.isFinite(closestWindowMs) ? closestWindowMs : null,
+      grantToArrivalMs: summarise(grantToArrival),
+      otherEnterprise: {
+        probes: probes.length,
+        latencyMs: summarise(probes.map((p) => p.latencyMs)),
+        statuses,
+        samples: probes.map((p) => ({ atMs: p.atMs, latencyMs: Math.round(p.latencyMs * 10) / 10 })),
+      },
+    };
+  }
+
+  /**
+   * Limiter keys and process memory with many enterprises. A baseline run (half as many messages
+   * over fewer enterprises) first brings heaps to their working size, so that the RSS difference of the
+   * second run (one message for each of `enterprises` distinct enterprises) is what distinct
+   * enterprises cost, not warm-up.
+   */
+  async scale(prefix: string, enterprises: number, baselinePrefix: string, baselineEnterprises: number): Promise<ScaleResult> {
+    const { rateWindowMs, rateMarginMs, rateLatencyMs, connections } = this.options;
+    await this.bench.sandbox.setLatency(rateLatencyMs);
+    const start = await this.memory();
+    const baselineMessages = Math.ceil(enterprises / 2);
+    await closedLoop({ label: 'scale baseline', origin: this.service.apiUrl, target: 'service', source: roundRobinSource(baselinePrefix, baselineEnterprises), connections, amount: baselineMessages });
+    await this.settle('scale baseline');
+    const before = await this.memory();
+    const run = await closedLoop({ label: `scale ${enterprises}`, origin: this.service.apiUrl, target: 'service', source: roundRobinSource(prefix, enterprises), connections, amount: enterprises });
+    const rateKeys = (await countKeys(this.bench.redis, `${this.service.prefix}:rate:*`)).keys;
+    let bytesPerRateKey: number | null = null;
+    if (rateKeys.length > 0) {
+      const sample = rateKeys.slice(0, 200);
+      const sizes = await Promise.all(sample.map((key) => this.bench.redis.memory('USAGE', key)));
+      const known = sizes.filter((size): size is number => typeof size === 'number');
+      bytesPerRateKey = known.length ? Math.round(known.reduce((a, b) => a + b, 0) / known.length) : null;
+    }
+    await this.settle(`scale ${enterprises}`);
+    const after = await this.memory();
+    // Every grant stops counting after window + margin, and its key expires with it.
+    const waitedMs = rateWindowMs + rateMarginMs + 1_000;
+    await new Promise((r) => setTimeout(r, waitedMs));
+    const rateKeysAfterWindow = (await countKeys(this.bench.redis, `${this.service.prefix}:rate:*`)).keys.length;
+    const queueKeysAfterWindow = (await countKeys(this.bench.redis, `${this.service.prefix}*`)).keys.length;
+    return {
+      enterprises,
+      baselineEnterprises,
+      run: strip(run),
+      rateKeysAfterLoad: rateKeys.length,
+      bytesPerRateKey,
+      rateKeysAfterWindow,
+      waitedMs,
+      queueKeysAfterWindow,
+      start,
+      before,
+      after,
+    };
+  }
+}
+
+export function perMessage(cpu: CpuByGroup, messages: number): CpuPerMessage {
+  const byGroup = {} as Record<Group, number | null>;
+  for (const group of GROUPS) {
+    const seconds = cpu[group];
+    byGroup[group] = seconds === null || messages === 0 ? null : (seconds * 1000) / messages;
+  }
+  const sum = (groups: Group[]) => groups.reduce((total, g) => total + (byGroup[g] ?? 0), 0);
+  return { byGroup, serviceTotal: sum(['api', 'workers', 'postgres', 'redis']), machineTotal: sum(GROUPS), messages };
+}
+
+/** Starts a stack with its enterprises seeded; the caller stops it. */
+export async function startStack(
+  bench: Bench,
+  name: string,
+  workers: number,
+  env: Record<string, string>,
+  options: BenchOptions,
+  ledger: SendLedger,
+  redisPid: number | undefined,
+): Promise<StackRunner> {
+  const service = await startService(bench, name, workers, env, options.logLevel);
+  return new StackRunner(bench, service, ledger, options, redisPid);
+}
