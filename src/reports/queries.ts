@@ -112,17 +112,7 @@ export interface RecentRow {
 export async function recentMessages(db: Db, filter: LimitedFilter): Promise<RecentRow[]> {
   // The old `number || ' (' || name || ')'` is NULL for an enterprise without a name, which hid
   // the number too; the coalesce keeps the number.
-  const { rows } = await sql<{
-    id: string;
-    enterprise: string;
-    enterprise_number: string;
-    phone: string;
-    message: string;
-    status: string;
-    amount: string | null;
-    sent_time: string | null;
-    created_at: Date | null;
-  }>`
+  const { rows } = await sql<Omit<RecentRow, 'id' | 'amount'> & { id: string; amount: string | null }>`
     SELECT
       id,
       enterprise_number || COALESCE(' (' || enterprise_name || ')', '') AS enterprise,
@@ -154,16 +144,8 @@ export interface FailureRow {
 
 /** "Неудачные отправки по предприятиям" (the old query had no limit; a terminal needs one). */
 export async function failedMessages(db: Db, filter: LimitedFilter): Promise<FailureRow[]> {
-  const { rows } = await sql<{
-    id: string;
-    enterprise_number: string;
-    enterprise_name: string | null;
-    phone: string;
-    message: string;
-    error_message: string | null;
-    error_code: string | null;
-    created_at: Date | null;
-  }>`
+  // PostgreSQL returns BIGINT as a string; the row type is otherwise the report's own.
+  const { rows } = await sql<Omit<FailureRow, 'id'> & { id: string }>`
     SELECT
       id,
       enterprise_number,
