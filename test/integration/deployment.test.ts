@@ -9,9 +9,11 @@ import { loadConfig } from '../../src/config.ts';
 import { createTestEnv, DEMO_KEY, DEMO_USER, eventually, type TestEnv } from '../support/context.ts';
 import { freePort } from '../support/service-processes.ts';
 
-// The deployment files in ops/ and docker-compose.yml, checked with the real tools where this
-// machine has them (nginx, systemd-analyze, logrotate, docker compose); each group skips, and says
-// so, when its tool is absent. nginx is run for real in front of a test API.
+// The deployment files in ops/ and docker-compose.yml, checked with the real tools (nginx,
+// systemd-analyze, logrotate, docker compose or docker-compose). In CI (`CI` set) every tool must be
+// there (.ci/run installs what the machine lacks): a missing one is a failing test, never a quiet
+// skip. Elsewhere a group whose tool is absent is skipped, and the run says which tool is missing.
+// nginx is run for real in front of a test API.
 
 const ROOT = fileURLToPath(new URL('../../', import.meta.url));
 const read = (path: string) => readFileSync(join(ROOT, path), 'utf8');
@@ -24,14 +26,46 @@ function findTool(name: string): string | undefined {
   return dirs.map((dir) => join(dir, name)).find((path) => existsSync(path));
 }
 
+/**
+ * Whether the tests that need `tool` are to be skipped. Outside CI they are when it is absent, and
+ * the run says so. In CI a missing tool is an error: a test stands in for the skipped group and
+ * fails, naming the tool and the Debian package that .ci/run installs for it.
+ */
+function skipWithout(tool: string, found: unknown, debianPackage: string, group: string): boolean {
+  if (found) return false;
+  const missing = `${tool} is not installed (Debian package ${debianPackage}): the ${group} tests need it`;
+  if (process.env.CI) {
+    it(`has ${tool}, which the ${group} tests need`, () => {
+      throw new Error(`${missing}; .ci/run installs it when missing, so check its install step`);
+    });
+  } else {
+    console.warn(`skipped: ${missing}`);
+  }
+  return true;
+}
+
 const nginx = findTool('nginx');
 const systemdAnalyze = findTool('systemd-analyze');
 const logrotate = findTool('logrotate');
-const dockerCompose = (() => {
+/**
+ * What validates docker-compose.yml: `docker compose` (v2) where the Docker client has it, else a
+ * `docker-compose` binary (Debian's package is v1, which .ci/run installs: it needs no engine).
+ */
+const compose = (() => {
   const docker = findTool('docker');
-  if (!docker) return undefined;
-  return spawnSync(docker, ['compose', 'version'], { stdio: 'ignore', timeout: 10_000 }).status === 0 ? docker : undefined;
+  if (docker && spawnSync(docker, ['compose', 'version'], { stdio: 'ignore', timeout: 10_000 }).status === 0) {
+    return { command: docker, args: ['compose'], v1: false };
+  }
+  const standalone = findTool('docker-compose');
+  if (!standalone) return undefined;
+  const version = spawnSync(standalone, ['version', '--short'], { encoding: 'utf8', timeout: 10_000 }).stdout?.trim() ?? '';
+  return { command: standalone, args: [], v1: version.startsWith('1.') };
 })();
+
+const skipNginx = skipWithout('nginx', nginx, 'nginx-light', 'ops/nginx');
+const skipSystemd = skipWithout('systemd-analyze', systemdAnalyze, 'systemd', 'ops/systemd');
+const skipLogrotate = skipWithout('logrotate', logrotate, 'logrotate', 'ops/logrotate');
+const skipCompose = skipWithout('docker compose (or docker-compose)', compose, 'docker-compose', 'docker-compose.yml');
 
 /** KEY=value lines of an env file; with `commented`, also the `# KEY=value` examples. */
 function envEntries(text: string, commented: boolean): Array<[string, string]> {
@@ -71,13 +105,14 @@ describe('stop timeouts', () => {
 });
 
 describe('docker-compose.yml', () => {
-  it('has PostgreSQL, Redis (noeviction, AOF), the API, scalable workers and a sandbox profile', async () => {
+  it('has a fixed project name, PostgreSQL, Redis (noeviction, AOF), the API, scalable workers and a sandbox profile', async ({ skip }) => {
     let parse: ((text: string, options: { merge: boolean }) => unknown) | undefined;
     try {
       ({ parse } = (await import('yaml')) as { parse: typeof parse });
-    } catch {
-      console.warn('skipped: the `yaml` package is not installed');
-      return;
+    } catch (error) {
+      // `npm ci` always brings it (vitest's vite depends on it): in CI its absence is an error.
+      if (process.env.CI) throw error;
+      skip('the `yaml` package is not installed');
     }
     type Service = {
       image?: string;
@@ -90,8 +125,10 @@ describe('docker-compose.yml', () => {
       environment?: Record<string, unknown>;
       depends_on?: Record<string, { condition: string }>;
     };
-    const compose = parse!(read('docker-compose.yml'), { merge: true }) as { services: Record<string, Service> };
-    const { postgres, redis, api, worker, sandbox } = compose.services;
+    const file = parse!(read('docker-compose.yml'), { merge: true }) as { name?: string; services: Record<string, Service> };
+    // The project's containers, network and volumes keep their names whatever the checkout's directory.
+    expect(file.name).toBe('user-sms');
+    const { postgres, redis, api, worker, sandbox } = file.services;
     expect(postgres?.image).toMatch(/^postgres:/);
     expect(redis?.command?.join(' ')).toMatch(/--maxmemory-policy noeviction/);
     expect(redis?.command?.join(' ')).toMatch(/--appendonly yes/);
@@ -107,16 +144,44 @@ describe('docker-compose.yml', () => {
     expect(worker?.healthcheck?.disable).toBe(true);
     expect(sandbox?.profiles).toEqual(['sandbox']);
     expect(sandbox?.entrypoint).toEqual(['npm', 'run', 'sandbox']);
-    for (const name of Object.keys(compose.services)) if (name !== 'sandbox') expect(compose.services[name]!.profiles, name).toBeUndefined();
+    for (const name of Object.keys(file.services)) if (name !== 'sandbox') expect(file.services[name]!.profiles, name).toBeUndefined();
   });
 
-  it.skipIf(!dockerCompose)('is accepted by `docker compose config`', () => {
-    const result = spawnSync(dockerCompose!, ['compose', '-f', join(ROOT, 'docker-compose.yml'), '--profile', 'sandbox', 'config', '--quiet'], {
-      encoding: 'utf8',
-      timeout: 30_000,
-      env: { ...process.env, POSTGRES_PASSWORD: 'x' },
-    });
+  /**
+   * `config --quiet` on `text` as the compose file of this checkout, sandbox profile included: it
+   * validates the schema, the variables, the merged anchors and the references between services.
+   */
+  function composeConfig(text: string): { status: number | null; stderr: string } {
+    const dir = mkdtempSync(join(tmpdir(), 'user-sms-compose-'));
+    try {
+      // v1 predates the top-level `name` and rejects it; the test above checks that line.
+      writeFileSync(join(dir, 'docker-compose.yml'), compose!.v1 ? text.replace(/^name: .*\n/m, '') : text);
+      const args = [...compose!.args, '-f', join(dir, 'docker-compose.yml'), '--project-directory', ROOT, '--profile', 'sandbox', 'config', '--quiet'];
+      return spawnSync(compose!.command, args, { encoding: 'utf8', timeout: 30_000, env: { ...process.env, POSTGRES_PASSWORD: 'x' } });
+    } finally {
+      rmSync(dir, { recursive: true, force: true });
+    }
+  }
+
+  it.skipIf(skipCompose)('is accepted by `docker compose config`', () => {
+    const result = composeConfig(read('docker-compose.yml'));
     expect(result.status, result.stderr).toBe(0);
+  });
+
+  it.skipIf(skipCompose)('is rejected by `docker compose config` when broken: an unknown setting, a wrong type, an undefined service, a malformed variable', () => {
+    const original = read('docker-compose.yml');
+    const broken: Array<[string, string, RegExp]> = [
+      ['restart misspelt in postgres', original.replace(/^( {4})restart: unless-stopped$/m, '$1restat: unless-stopped'), /services\.postgres\b.*restat/],
+      ["the API's ports a string, not a list", original.replace(/^( {4}ports:)\n {6}- ("127\.0\.0\.1:\$\{PORT:-8014\}:8014")$/m, '$1 $2'), /services\.api\.ports/],
+      ['a dependency on an undefined service', original.replace(/^( {4})redis:(\n {6}condition: service_healthy)$/m, '$1rediss:$2'), /rediss/],
+      ['an unclosed variable', original.replace('${WORKER_REPLICAS:-2}', '${WORKER_REPLICAS:-2'), /interpolat/i],
+    ];
+    for (const [what, text, error] of broken) {
+      expect(text, what).not.toBe(original);
+      const result = composeConfig(text);
+      expect(result.status, what).not.toBe(0);
+      expect(result.stderr, what).toMatch(error);
+    }
   });
 });
 
@@ -137,7 +202,7 @@ describe('ops/Dockerfile', () => {
   });
 });
 
-describe.skipIf(!systemdAnalyze)('ops/systemd units', () => {
+describe.skipIf(skipSystemd)('ops/systemd units', () => {
   it('pass `systemd-analyze verify` (paths pointed at this checkout)', () => {
     const dir = mkdtempSync(join(tmpdir(), 'user-sms-units-'));
     try {
@@ -155,7 +220,7 @@ describe.skipIf(!systemdAnalyze)('ops/systemd units', () => {
   });
 });
 
-describe.skipIf(!logrotate)('ops/logrotate/user-sms', () => {
+describe.skipIf(skipLogrotate)('ops/logrotate/user-sms', () => {
   it('rotates the log of a running process with copytruncate: nothing lost before, writing goes on at the start of the new file', async () => {
     const dir = mkdtempSync(join(tmpdir(), 'user-sms-logrotate-'));
     const log = join(dir, 'send_user_sms.log');
@@ -191,7 +256,7 @@ describe.skipIf(!logrotate)('ops/logrotate/user-sms', () => {
   });
 });
 
-describe.skipIf(!nginx)('ops/nginx snippets', () => {
+describe.skipIf(skipNginx)('ops/nginx snippets', () => {
   let env: TestEnv;
   let dir: string;
   let nginxPort: number;
