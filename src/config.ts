@@ -67,6 +67,13 @@ const environmentSchema = z.object({
   // Caller authentication for the API: unset means off, as the old service's callers send no token.
   // `name:sha256(token):enterprises;…` (src/api/auth.ts).
   API_TOKENS: z.string().optional(),
+  // service_name of a send whose caller names itself neither by token nor by X-Service-Name. The old
+  // service recorded 'user_api_endpoint' for every send through its API; keeping it lets queries over
+  // old and new rows count such callers together. Same characters as token names (VARCHAR(50)).
+  DEFAULT_SERVICE_NAME: z
+    .string()
+    .regex(/^[A-Za-z0-9._-]{1,50}$/, 'must be 1–50 letters, digits, ".", "_" or "-"')
+    .default('user_api_endpoint'),
   // How long an Idempotency-Key names its message (24 h: a day of client retries, as is customary).
   IDEMPOTENCY_RETENTION_S: integer(1, 30 * 86_400).default(86_400),
   // Per-caller HTTP requests per window, all API processes together; 0 = off (the default: nginx's
@@ -109,6 +116,8 @@ export interface Config {
   readonly dashboard: { readonly readOnly: boolean };
   /** undefined: caller authentication is off */
   readonly apiTokens: readonly ApiToken[] | undefined;
+  /** service_name recorded when neither a token nor X-Service-Name names the caller */
+  readonly defaultServiceName: string;
   readonly idempotencyRetentionS: number;
   /** undefined: no per-caller request limit */
   readonly requestRateLimit: { readonly perWindow: number; readonly windowMs: number } | undefined;
@@ -172,6 +181,7 @@ export function loadConfig(env: NodeJS.ProcessEnv = process.env): Config {
     admin: e.ADMIN_USER && e.ADMIN_PASSWORD ? Object.freeze({ user: e.ADMIN_USER, password: e.ADMIN_PASSWORD }) : undefined,
     dashboard: Object.freeze({ readOnly: e.DASHBOARD_READ_ONLY }),
     apiTokens: apiTokens && Object.freeze(apiTokens.map((token) => Object.freeze(token))),
+    defaultServiceName: e.DEFAULT_SERVICE_NAME,
     idempotencyRetentionS: e.IDEMPOTENCY_RETENTION_S,
     requestRateLimit:
       e.REQUEST_RATE_LIMIT_PER_WINDOW > 0 ? Object.freeze({ perWindow: e.REQUEST_RATE_LIMIT_PER_WINDOW, windowMs: e.REQUEST_RATE_LIMIT_WINDOW_MS }) : undefined,

@@ -39,6 +39,7 @@ export async function startApi(config: Config, logger: Logger): Promise<RunningA
     db: deps.db,
     logger,
     defaultSender: config.websms.defaultSender,
+    defaultServiceName: config.defaultServiceName,
     sendWaitMs: config.sendWaitMs,
     enqueue: deps.enqueue,
     waitForJob: (messageId, deadlineMs) => waiter.wait(jobIdFor(messageId), deadlineMs),

@@ -1,5 +1,11 @@
 import { z } from 'zod';
-import { parsePhoneNumberFromString } from 'libphonenumber-js/max';
+// The 'min' metadata, the smallest bundle: isPossible() checks only the length, and 'min' holds the
+// same possible lengths as 'max' for every region. What 'max' adds are the per-type digit patterns,
+// the allocation tables that isValid() reads, which refused Belarusian mobile numbers the old service
+// sent because their ranges were not listed. ('mobile' is larger and, with only mobile patterns,
+// judges some numbers of calling codes shared by several regions by another region's lengths: it
+// refuses Canada's +1 310 xxxx.)
+import { parsePhoneNumberFromString } from 'libphonenumber-js/min';
 
 // Request and response schemas: they validate requests and generate the OpenAPI document.
 
@@ -31,7 +37,8 @@ export const sendRequestSchema = z
   .object({
     enterprise_number: singleLine(10).meta({ description: 'The sender enterprise (enterprises.number)', example: '0367' }),
     phone: z.string().max(64, 'must be at most 64 characters').meta({
-      description: 'Recipient in international format with +',
+      description:
+        'Recipient in international format with +, stored in E.164. Refused (400) only when it cannot be a number: unknown country code or impossible length; whether the range is assigned is for WebSMS to say (its error 100).',
       example: '+375296254070',
     }),
     text: cleanText(1000).meta({ description: 'Message text, 1–1000 characters', example: 'Ваш заказ готов' }),
@@ -45,13 +52,20 @@ export const sendRequestSchema = z
 
 export type SendRequestBody = z.infer<typeof sendRequestSchema>;
 
-/** The phone rule on its own: its failure is a 400, as the old service answered. */
+/**
+ * The phone rule on its own: its failure is a 400, as the old service answered. It refuses only what
+ * cannot be a phone number: not '+' and digits, an unknown country code, or a length the country's
+ * numbering plan does not have. Whether a range is assigned is not ours to say: the allocation tables
+ * lag behind the operators, and the old service left that to WebSMS, whose error 100 ends as a failed
+ * row and a 200 with success:false.
+ */
 export function normalisePhone(phone: string): string | null {
   // Only a number as people write one: '+', digits and the usual separators. libphonenumber would
   // otherwise find a number inside "+375296254070abc" or drop an extension silently.
   if (!/^\s*\+[\d\s().\-\u00A0]+$/.test(phone)) return null;
+  // undefined for an unknown country code or more digits than any plan has.
   const parsed = parsePhoneNumberFromString(phone.trim());
-  return parsed?.isValid() ? parsed.number : null;
+  return parsed?.isPossible() ? parsed.number : null;
 }
 
 export const PHONE_ERROR = 'Invalid phone number: use the international format with +, e.g. +375296254070';

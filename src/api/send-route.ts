@@ -31,9 +31,11 @@ export function sendRoute(deps: AcceptDeps): Router {
       wait: wantsToWait(req),
       idempotencyKey: idempotency.key,
     };
-    // With API_TOKENS, the token names the caller; X-Service-Name is only a claim.
+    // With API_TOKENS, the token names the caller; X-Service-Name is only a claim. A caller named
+    // neither way gets DEFAULT_SERVICE_NAME, on every row including refusals: the old service
+    // recorded 'user_api_endpoint' for every send.
     const client = callerOf(req);
-    const caller = { ...client, serviceName: authenticatedCaller(res)?.name ?? client.serviceName };
+    const caller = { ...client, serviceName: authenticatedCaller(res)?.name ?? client.serviceName ?? deps.defaultServiceName };
     const answer = mayUseEnterprise(res, command.enterpriseNumber)
       ? await acceptMessage(deps, command, caller)
       : await refuseEnterpriseNotAllowed(deps, command, caller);

@@ -43,6 +43,8 @@ export interface AcceptDeps {
   db: Db;
   logger: Logger;
   defaultSender: string;
+  /** service_name of every row whose caller names itself neither by token nor by X-Service-Name */
+  defaultServiceName: string;
   sendWaitMs: number;
   enqueue: (messageId: number, enterpriseNumber: string) => Promise<void>;
   waitForJob: (messageId: number, deadlineMs: number) => WaitHandle;

@@ -95,9 +95,10 @@ describe('POST /send', () => {
     expect(row.request_ip).toBe('203.0.113.7');
   });
 
-  it('answers 400 for a phone that is not a valid international number, and records nothing', async () => {
+  it('answers 400 for a phone that cannot be an international number, and records nothing', async () => {
     const before = await rowCount();
-    for (const phone of ['375296254070', '+375', '+37529625407099999', 'not a phone', '+375290000000']) {
+    // No '+', a country code alone, too long and too short for Belarus, letters, an unknown country code.
+    for (const phone of ['375296254070', '+375', '+37529625407099999', '+37529000', 'not a phone', '+999123456789']) {
       const { status, json } = await send({ enterprise_number: '0367', phone, text: 'x' });
       expect(status, phone).toBe(400);
       expect(json).toMatchObject({ success: false, message_id: null, price: null, parts: null, amount: null, custom_id: null });
@@ -168,6 +169,36 @@ describe('POST /send', () => {
     expect(huge.json.success).toBe(false);
   });
 
+  it('sends a possible number in a range the allocation tables do not list, normalised to E.164, and answers 200', async () => {
+    for (const [input, phone] of [
+      ['+375290000100', '+375290000100'],
+      ['+375 (29) 000-05-00', '+375290000500'],
+      ['+375 29 000 05 04', '+375290000504'],
+    ] as const) {
+      const { status, json } = await send({ enterprise_number: '0367', phone: input, text: `unlisted ${input}` });
+      expect(status, input).toBe(200);
+      expect(json, input).toMatchObject({ success: true, error: null, status: 'success' });
+      expect(env.sandbox.acceptedSends().filter((c) => c.text === `unlisted ${input}`).map((c) => c.msisdn)).toEqual([phone.slice(1)]);
+      const row = await env.db.selectFrom('user_sms_send').selectAll().where('id', '=', String(json.id)).executeTakeFirstOrThrow();
+      expect(row, input).toMatchObject({ phone, status: 'success', message_id: String(json.message_id) });
+    }
+  });
+
+  it("leaves a possible number's fate to WebSMS: its invalid-number error is a 200 with success:false and a failed row", async () => {
+    // The sandbox's invalid-number trigger, written with separators: +375 33 000-01-00.
+    const digits = sandboxTriggers.invalidNumber;
+    const written = `+${digits.slice(0, 3)} ${digits.slice(3, 5)} ${digits.slice(5, 8)}-${digits.slice(8, 10)}-${digits.slice(10)}`;
+    const { status, json } = await send({ enterprise_number: '0367', phone: written, text: 'websms says invalid' });
+    expect(status).toBe(200);
+    expect(json).toMatchObject({ success: false, message_id: null, price: null, status: 'failed' });
+    expect(json.error).toMatch(/WebSMS error 100/);
+    const calls = env.sandbox.calls().filter((c) => c.text === 'websms says invalid');
+    expect(calls).toMatchObject([{ endpoint: 'send/sms', msisdn: sandboxTriggers.invalidNumber, result: 'rejected', errorCode: 100 }]);
+    const row = await env.db.selectFrom('user_sms_send').selectAll().where('id', '=', String(json.id)).executeTakeFirstOrThrow();
+    expect(row).toMatchObject({ phone: `+${sandboxTriggers.invalidNumber}`, status: 'failed', error_code: 'websms_100', message_id: null });
+    expect(row.error_message).toMatch(/WebSMS error 100/);
+  });
+
   it('answers 200 with success:false and the WebSMS code when WebSMS refuses the message', async () => {
     const { status, json } = await send({ enterprise_number: '0367', phone: `+${sandboxTriggers.invalidNumber}`, text: 'refused' });
     expect(status).toBe(200);
@@ -181,9 +212,10 @@ describe('POST /send', () => {
   it('answers 202 at once with the message id when the caller asks not to wait, and sends it anyway', async () => {
     const { status, json } = await send({ enterprise_number: '0367', phone: PHONE, text: 'no wait' }, { prefer: 'respond-async' });
     expect(status).toBe(202);
-    expect(json).toMatchObject({ success: false, error: null, status: 'queued', status_url: `/messages/${String(json.id)}` });
+    expect(json).toMatchObject({ success: false, error: null, status: 'queued', status_url: expect.stringMatching(new RegExp(`^/messages/${String(json.id)}\\?key=[\\w-]{32}$`)) });
     const message = await eventually(async () => {
-      const r = await fetch(`${baseUrl}/messages/${String(json.id)}`);
+      // As the CRM asks: through its status link, from elsewhere (not the operator's local peer).
+      const r = await fetch(`${baseUrl}${String(json.status_url)}`, { headers: { 'x-forwarded-for': '203.0.113.7' } });
       const m = (await r.json()) as Record<string, unknown>;
       return m.status === 'success' ? m : undefined;
     });

@@ -9,6 +9,8 @@ describe('phone numbers', () => {
     ['+375296254070', '+375296254070'],
     ['+375 29 625-40-70', '+375296254070'],
     ['+4915112345678', '+4915112345678'],
+    // Not in the allocation tables, but a possible Belarusian number: WebSMS decides (phone-rule.test.ts).
+    ['+375290000000', '+375290000000'],
   ])('accepts %s as %s', (input, normalised) => {
     expect(normalisePhone(input)).toBe(normalised);
   });
@@ -17,7 +19,6 @@ describe('phone numbers', () => {
     '375296254070',
     '+375',
     '+1',
-    '+375290000000',
     '',
     '+',
     'phone',
