@@ -2,11 +2,13 @@ import express, { type Express } from 'express';
 import type { Db } from './db/database.ts';
 import type { Logger } from './logger.ts';
 import type { AcceptDeps } from './messages/accept.ts';
-import { callerAuthentication, type ApiToken } from './api/auth.ts';
+import type { ApiToken } from './api/auth.ts';
+import { identify, rejectBadCredentials, requireCallerWhenTokens, requireOperator, type AccessPolicy } from './api/access.ts';
+import type { CredentialThrottle } from './api/credential-throttle.ts';
 import { requestRateLimit, type RequestRateLimiter } from './api/request-rate-limit.ts';
 import { docsRoute } from './api/docs-route.ts';
 import { errorHandler, notFoundHandler } from './api/errors.ts';
-import { messageRoute } from './api/message-route.ts';
+import { messageRoute, type MessageRouteDeps } from './api/message-route.ts';
 import { balanceRoute } from './api/balance-route.ts';
 import { reportRoutes } from './api/report-routes.ts';
 import type { AdminCredentials } from './api/admin-auth.ts';
@@ -30,8 +32,12 @@ export interface AppDeps {
   requestRateLimiter?: RequestRateLimiter | undefined;
   /** WebSMS balance reads for GET /enterprises/{number}/balance; undefined: that route is not mounted */
   websmsBalance?: BalancePorts['websms'] | undefined;
-  /** ADMIN_USER/ADMIN_PASSWORD, guarding GET /reports/*; undefined: reports are open like the rest of the API */
-  reportsAdmin?: AdminCredentials | undefined;
+  /** ADMIN_USER/ADMIN_PASSWORD for the operator surfaces; undefined: operators are direct local peers (access.ts) */
+  admin?: AdminCredentials | undefined;
+  /** failed credentials per client (Redis); undefined: not counted */
+  credentialThrottle?: CredentialThrottle | undefined;
+  /** cancel for DELETE /messages/{id} (queue/inspection.ts) */
+  cancelMessage: MessageRouteDeps['cancel'];
   /** GET /metrics (metrics-route.ts); undefined: not mounted */
   metrics?: MetricsRouteDeps | undefined;
   /** the queue dashboard on /admin/queues (dashboard.ts); undefined: not mounted */
@@ -43,18 +49,22 @@ export function buildApp(deps: AppDeps): Express {
   const app = express();
   app.disable('x-powered-by');
   app.set('trust proxy', trustProxySetting(deps.trustedProxies));
-  // Who is calling, and whether they may, before any body is read. Reports also take the operator
-  // credentials (report-routes.ts) when those are configured: a Basic header there is theirs to check.
-  const auth = callerAuthentication(deps.apiTokens, { operatorPaths: deps.reportsAdmin ? ['/reports'] : [] });
-  app.use(auth.identify);
+  // Who is calling, before any body is read (access.ts): closed by default, so every surface the old
+  // service did not have is guarded below, by path prefix (matched like routes: any case).
+  const policy: AccessPolicy = { apiTokens: deps.apiTokens, admin: deps.admin, throttle: deps.credentialThrottle, logger: deps.logger };
+  app.use(identify(policy));
   if (deps.requestRateLimiter) app.use(requestRateLimit(deps.requestRateLimiter, deps.logger));
-  app.use(auth.require);
+  app.use(rejectBadCredentials);
+  const operatorOnly = requireOperator(policy);
+  app.use(['/reports', '/metrics', '/admin'], operatorOnly);
+  app.use('/enterprises', requireOperator(policy, { orCaller: true }));
+  app.use('/send', requireCallerWhenTokens(policy));
   app.use(express.json({ limit: deps.bodyLimitBytes, type: ['application/json', 'application/*+json'] }));
   app.use(serviceRoutes(deps.info, deps.probes));
   app.use(sendRoute(deps.accept));
-  app.use(messageRoute(deps.db));
+  app.use(messageRoute({ db: deps.db, logger: deps.logger, cancel: deps.cancelMessage, throttle: deps.credentialThrottle }));
   if (deps.websmsBalance) app.use(balanceRoute({ db: deps.db, websms: deps.websmsBalance }));
-  app.use(reportRoutes(deps.db, deps.reportsAdmin));
+  app.use(reportRoutes(deps.db));
   if (deps.metrics) app.use(metricsRoute(deps.metrics));
   if (deps.dashboard) app.use(dashboardRoutes(deps.dashboard));
   app.use(docsRoute());

@@ -53,8 +53,8 @@ const environmentSchema = z.object({
   // Express "trust proxy" value: peers allowed to set X-Forwarded-For / X-Real-IP.
   TRUSTED_PROXIES: z.string().default('loopback'),
   BODY_LIMIT_BYTES: integer(1_024, 10_485_760).default(65_536),
-  // Operator surfaces (dashboard, metrics, reports). No default password: unset means the
-  // dashboard is off and metrics/reports are as open as the rest of the API.
+  // Operator surfaces (reports, balance, metrics, dashboard). No default password: unset means
+  // they answer only to a direct local peer (loopback, no proxy headers), never through a proxy.
   ADMIN_USER: z.string().min(1).optional(),
   ADMIN_PASSWORD: z.string().min(8, 'must be at least 8 characters').optional(),
   // The queue dashboard only shows jobs unless this is false. Its write actions (retry, remove, add,
@@ -74,6 +74,9 @@ const environmentSchema = z.object({
     .string()
     .regex(/^[A-Za-z0-9._-]{1,50}$/, 'must be 1–50 letters, digits, ".", "_" or "-"')
     .default('user_api_endpoint'),
+  // Failed credentials (bad token, bad operator password, wrong status key) per client address and
+  // minute, all API processes together; past it the client gets 429. 0 = not counted (not advised).
+  AUTH_FAILURES_PER_MINUTE: integer(0, 10_000).default(10),
   // How long an Idempotency-Key names its message (24 h: a day of client retries, as is customary).
   IDEMPOTENCY_RETENTION_S: integer(1, 30 * 86_400).default(86_400),
   // Per-caller HTTP requests per window, all API processes together; 0 = off (the default: nginx's
@@ -119,6 +122,8 @@ export interface Config {
   /** service_name recorded when neither a token nor X-Service-Name names the caller */
   readonly defaultServiceName: string;
   readonly idempotencyRetentionS: number;
+  /** 0: failed credentials are not counted */
+  readonly authFailuresPerMinute: number;
   /** undefined: no per-caller request limit */
   readonly requestRateLimit: { readonly perWindow: number; readonly windowMs: number } | undefined;
   /** undefined: no daily cap */
@@ -183,6 +188,7 @@ export function loadConfig(env: NodeJS.ProcessEnv = process.env): Config {
     apiTokens: apiTokens && Object.freeze(apiTokens.map((token) => Object.freeze(token))),
     defaultServiceName: e.DEFAULT_SERVICE_NAME,
     idempotencyRetentionS: e.IDEMPOTENCY_RETENTION_S,
+    authFailuresPerMinute: e.AUTH_FAILURES_PER_MINUTE,
     requestRateLimit:
       e.REQUEST_RATE_LIMIT_PER_WINDOW > 0 ? Object.freeze({ perWindow: e.REQUEST_RATE_LIMIT_PER_WINDOW, windowMs: e.REQUEST_RATE_LIMIT_WINDOW_MS }) : undefined,
     dailyCapPerEnterprise: e.DAILY_CAP_PER_ENTERPRISE > 0 ? e.DAILY_CAP_PER_ENTERPRISE : undefined,

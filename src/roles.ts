@@ -6,6 +6,8 @@ import { buildApp } from './app.ts';
 import { Redis } from 'ioredis';
 import { createDeps, redisOptions, type Deps } from './deps.ts';
 import { createRequestRateLimiter } from './api/request-rate-limit.ts';
+import { createCredentialThrottle } from './api/credential-throttle.ts';
+import { cancelMessage } from './queue/inspection.ts';
 import { answerMalformedRequests } from './api/malformed-http.ts';
 import type { AcceptDeps } from './messages/accept.ts';
 import { createSweeper } from './messages/sweeper.ts';
@@ -72,9 +74,13 @@ export async function startApi(config: Config, logger: Logger): Promise<RunningA
       config.requestRateLimit &&
       createRequestRateLimiter(deps.redis, { keyPrefix: config.queuePrefix, limit: config.requestRateLimit.perWindow, windowMs: config.requestRateLimit.windowMs }),
     websmsBalance: deps.websms,
-    reportsAdmin: config.admin,
-    metrics: { admin: config.admin, prometheusText: monitor.prometheusText },
-    dashboard: { admin: config.admin, queue: deps.queue, readOnly: config.dashboard.readOnly },
+    admin: config.admin,
+    credentialThrottle:
+      config.authFailuresPerMinute > 0 ? createCredentialThrottle(deps.redis, { keyPrefix: config.queuePrefix, limit: config.authFailuresPerMinute, windowMs: 60_000 }) : undefined,
+    cancelMessage: (messageId, by) =>
+      cancelMessage({ db: deps.db, queue: deps.queue, redis: deps.redis, enqueue: deps.enqueue, websmsTimeoutMs: config.websms.timeoutMs }, { messageId, by }),
+    metrics: { prometheusText: monitor.prometheusText },
+    dashboard: { queue: deps.queue, readOnly: config.dashboard.readOnly },
   });
 
   const server: Server = app.listen(config.port, config.host);

@@ -1,11 +1,9 @@
 import { createHash, timingSafeEqual } from 'node:crypto';
-import type { RequestHandler, Response } from 'express';
 import type { ApiCaller } from './caller.ts';
-import { HttpError } from './errors.ts';
 
-// Caller authentication (API_TOKENS), off unless configured, since the old service's callers send no
-// credentials. When on, every API path needs `Authorization: Bearer <token>` except the open ones
-// below; each token names its caller and may be limited to some enterprises (caller.ts).
+// API tokens (API_TOKENS), off unless configured, since the old service's callers send no
+// credentials. When on, POST /send needs `Authorization: Bearer <token>`; each token names its caller
+// and may be limited to some enterprises (caller.ts). Who may reach what: access.ts.
 //
 // Only SHA-256 hashes of tokens are configured and kept: a leaked environment or config file does not
 // hand out working tokens. Tokens are meant to be long random strings (32 bytes of randomness), so a
@@ -58,23 +56,14 @@ export function parseApiTokens(value: string): ApiToken[] {
 }
 
 /**
- * Paths that stay open whatever API_TOKENS says: the service description, monitoring, the API docs,
- * and the operator surfaces, which have their own credentials (ADMIN_USER/ADMIN_PASSWORD, admin-auth.ts)
- * and could not carry a Bearer token in the same Authorization header. Compared the way Express routes:
- * case-insensitively, with or without a trailing slash.
+ * The old service's read-only surface, open to anyone whatever is configured: the service description,
+ * the health check, the API docs and their OpenAPI document. Credentials are not even read there.
+ * (POST /send is the old surface too, but needs a token once API_TOKENS is on: access.ts.)
+ * Compared the way Express routes: case-insensitively, with or without a trailing slash.
  */
 export function isOpenPath(path: string): boolean {
   const p = path.toLowerCase().replace(/\/+$/, '') || '/';
-  return (
-    p === '/' ||
-    p === '/health' ||
-    p === '/openapi.json' ||
-    p === '/metrics' ||
-    p === '/docs' ||
-    p.startsWith('/docs/') ||
-    p === '/admin' ||
-    p.startsWith('/admin/')
-  );
+  return p === '/' || p === '/health' || p === '/openapi.json' || p === '/docs' || p.startsWith('/docs/');
 }
 
 /** The token whose hash matches, compared in constant time against every configured token. */
@@ -86,60 +75,4 @@ export function findToken(tokens: readonly ApiToken[], presented: string): ApiTo
     if (timingSafeEqual(token.sha256, digest) && !found) found = token;
   }
   return found;
-}
-
-const BEARER = /^Bearer +([\x21-\x7E]+) *$/i;
-const REALM = 'Bearer realm="user-sms"';
-
-type AuthFailure = 'missing' | 'invalid';
-interface AuthLocals {
-  caller?: ApiCaller;
-  authFailure?: AuthFailure;
-}
-
-const BASIC = /^Basic\s/i;
-
-/**
- * Two steps, so that the request rate limit can sit between them and count unauthenticated requests
- * against the client's address: `identify` finds the caller (res.locals.caller) and notes a failure,
- * `require` answers the failure with 401. Without tokens both do nothing.
- *
- * `operatorPaths`: path prefixes whose routes check operator credentials themselves (requireAdmin,
- * HTTP Basic). Pass them only when those credentials are configured: a request there that carries
- * Basic credentials is left to that check instead of being refused for lacking a Bearer token (one
- * Authorization header cannot carry both).
- */
-export function callerAuthentication(
-  tokens: readonly ApiToken[] | undefined,
-  options: { operatorPaths?: readonly string[] } = {},
-): { identify: RequestHandler; require: RequestHandler } {
-  const operatorPaths = options.operatorPaths ?? [];
-  const isOperatorPath = (path: string) => {
-    const p = path.toLowerCase();
-    return operatorPaths.some((prefix) => p === prefix || p.startsWith(`${prefix}/`));
-  };
-  const identify: RequestHandler = (req, res, next) => {
-    if (!tokens || isOpenPath(req.path)) return next();
-    const locals = res.locals as AuthLocals;
-    const authorization = req.get('authorization') ?? '';
-    if (BASIC.test(authorization) && isOperatorPath(req.path)) return next();
-    const match = BEARER.exec(authorization);
-    const token = match ? findToken(tokens, match[1]!) : undefined;
-    if (token) locals.caller = { name: token.name, enterprises: token.enterprises };
-    else locals.authFailure = match ? 'invalid' : 'missing';
-    next();
-  };
-  const require: RequestHandler = (_req, res, next) => {
-    const failure = (res.locals as AuthLocals).authFailure;
-    if (!failure) return next();
-    next(unauthorized(res, failure));
-  };
-  return { identify, require };
-}
-
-function unauthorized(res: Response, failure: AuthFailure): HttpError {
-  // RFC 6750: no error code when no credentials were sent; invalid_token when they were wrong.
-  res.setHeader('WWW-Authenticate', failure === 'missing' ? REALM : `${REALM}, error="invalid_token"`);
-  const message = failure === 'missing' ? 'Authentication required: send Authorization: Bearer <token>' : 'Invalid API token';
-  return new HttpError(401, message, { errors: [{ field: 'Authorization', message }] });
 }

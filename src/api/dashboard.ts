@@ -5,10 +5,10 @@ import type { Queue } from 'bullmq';
 import { Router, type RequestHandler } from 'express';
 import { maskPhone } from '../logger.ts';
 import { errorEnvelope } from '../messages/message.ts';
-import { requireAdmin, type AdminCredentials } from './admin-auth.ts';
 
 // The queue dashboard (bull-board) on /admin/queues, for operators only.
-// - It exists only behind ADMIN_USER/ADMIN_PASSWORD: unset, the path answers 404 (no default password).
+// - Operators only (app.ts mounts the guard): ADMIN_USER/ADMIN_PASSWORD, or a direct local peer when
+//   those are not set (ssh -L to the host).
 // - Read-only by default (DASHBOARD_READ_ONLY): its write actions (retry, remove, add, pause, clean)
 //   act on Redis alone, behind the back of the message rows that are the truth. A removed job leaves
 //   its message `queued` for good; a retried job whose row is final is not sent again. Retrying or
@@ -22,15 +22,12 @@ export const DASHBOARD_PATH = '/admin/queues';
 type BoardServerAdapter = Parameters<typeof createBullBoard>[0]['serverAdapter'];
 
 export interface DashboardDeps {
-  admin: AdminCredentials | undefined;
   queue: Queue;
   readOnly: boolean;
 }
 
 export function dashboardRoutes(deps: DashboardDeps): Router {
   const router = Router();
-  router.use(DASHBOARD_PATH, requireAdmin(deps.admin, 'off'));
-  if (!deps.admin) return router;
   if (deps.readOnly) router.use(DASHBOARD_PATH, refuseChanges);
 
   const serverAdapter = new ExpressAdapter();

@@ -2,7 +2,7 @@ import type { RequestHandler } from 'express';
 import type { Redis } from 'ioredis';
 import type { Logger } from '../logger.ts';
 import { isOpenPath } from './auth.ts';
-import { authenticatedCaller } from './caller.ts';
+import { accessOf } from './access.ts';
 import { callerOf } from './client-info.ts';
 import { HttpError } from './errors.ts';
 
@@ -38,17 +38,27 @@ export interface RequestRateLimiter {
   hit(caller: string): Promise<RateDecision>;
 }
 
-export function createRequestRateLimiter(redis: Redis, options: RequestRateOptions): RequestRateLimiter {
-  const { keyPrefix, limit, windowMs } = options;
+/** Counts one event in `key`'s fixed window: the count so far and the ms until the window ends. */
+export async function countInFixedWindow(redis: Redis, key: string, windowMs: number): Promise<{ count: number; ttlMs: number }> {
+  const reply = await redis.eval(SCRIPT, 1, key, windowMs);
+  if (!Array.isArray(reply) || typeof reply[0] !== 'number' || typeof reply[1] !== 'number') {
+    throw new Error(`fixed-window counter: unexpected reply from Redis: ${JSON.stringify(reply)}`);
+  }
+  const [count, ttlMs] = reply as [number, number];
+  return { count, ttlMs };
+}
+
+export function checkWindowOptions(limit: number, windowMs: number): void {
   if (!Number.isSafeInteger(limit) || limit < 1) throw new RangeError(`limit must be a positive integer, got ${limit}`);
   if (!Number.isSafeInteger(windowMs) || windowMs < 1) throw new RangeError(`windowMs must be a positive integer, got ${windowMs}`);
+}
+
+export function createRequestRateLimiter(redis: Redis, options: RequestRateOptions): RequestRateLimiter {
+  const { keyPrefix, limit, windowMs } = options;
+  checkWindowOptions(limit, windowMs);
   return {
     async hit(caller) {
-      const reply = await redis.eval(SCRIPT, 1, `${keyPrefix}:http-rate:${caller}`, windowMs);
-      if (!Array.isArray(reply) || typeof reply[0] !== 'number' || typeof reply[1] !== 'number') {
-        throw new Error(`request rate limiter: unexpected reply from Redis: ${JSON.stringify(reply)}`);
-      }
-      const [count, ttlMs] = reply as [number, number];
+      const { count, ttlMs } = await countInFixedWindow(redis, `${keyPrefix}:http-rate:${caller}`, windowMs);
       return count <= limit ? { allowed: true } : { allowed: false, retryAfterMs: Math.max(1, ttlMs) };
     },
   };
@@ -67,7 +77,7 @@ export function requestRateLimit(limiter: RequestRateLimiter, logger: Logger): R
   let lastLoggedAt = 0;
   return async (req, res, next) => {
     if (isOpenPath(req.path)) return next();
-    const caller = authenticatedCaller(res);
+    const caller = accessOf(res).caller;
     const key = caller ? `token:${caller.name}` : `ip:${callerOf(req).requestIp ?? 'unknown'}`;
     let decision: RateDecision;
     try {

@@ -45,6 +45,8 @@ export interface UserSmsSendTable {
   resent_after_unknown: ColumnType<boolean, never, boolean>;
   /** operator retries and drops, appended as {action, at, by, from, to, job, reason} */
   operator_actions: ColumnType<unknown, never, never>;
+  /** SHA-256 of each key a caller was given in a status_url (messages/status-key.ts) */
+  status_key_hashes: ColumnType<Buffer[] | null, Buffer[] | null, Buffer[] | null>;
 }
 
 export interface EnterprisesTable {

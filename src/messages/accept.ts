@@ -13,7 +13,8 @@ import {
   type MessageRecord,
   type SendEnvelope,
 } from './message.ts';
-import { findMessage, insertRefusedMessage, recordNeverQueued, type NewMessage } from './repository.ts';
+import { addStatusKeyHash, findMessage, insertRefusedMessage, recordNeverQueued, type NewMessage } from './repository.ts';
+import { newStatusKey, STATUS_KEYS_KEPT, statusUrl } from './status-key.ts';
 import { admitMessage } from './admission.ts';
 import { dailyCapMessage } from './daily-cap.ts';
 import { IDEMPOTENCY_HEADER, KEY_REUSED_MESSAGE, requestHash } from './idempotency.ts';
@@ -87,7 +88,9 @@ export async function acceptMessage(deps: AcceptDeps, command: SendCommand, call
   }
 
   const key = command.idempotencyKey ?? null;
-  const admission = await admitMessage(deps.db, message, {
+  // The caller's link to this message (status_url): only its hash is stored.
+  const statusKey = newStatusKey();
+  const admission = await admitMessage(deps.db, { ...message, statusKeySha256: statusKey.sha256 }, {
     idempotency: key
       ? {
           key,
@@ -117,6 +120,7 @@ export async function acceptMessage(deps: AcceptDeps, command: SendCommand, call
     };
   }
   const id = admission.id;
+  const link = statusUrl(id, statusKey.key);
   const wait = command.wait && deps.sendWaitMs > 0 ? deps.waitForJob(id, deps.sendWaitMs) : undefined;
   try {
     await deps.enqueue(id, command.enterpriseNumber);
@@ -125,12 +129,12 @@ export async function acceptMessage(deps: AcceptDeps, command: SendCommand, call
     return queueUnavailable(deps, id, command, log, error);
   }
 
-  if (!wait) return answerQueued(deps, id, command.customId);
+  if (!wait) return answerQueued(deps, id, command.customId, link);
   const finish = await wait.finished;
   if (finish.kind === 'completed' && finish.outcome && isFinal(finish.outcome.status)) {
-    return finalAnswer(id, command.customId, finish.outcome);
+    return finalAnswer(id, command.customId, finish.outcome, link);
   }
-  return answerQueued(deps, id, command.customId);
+  return answerQueued(deps, id, command.customId, link);
 }
 
 /**
@@ -139,9 +143,9 @@ export async function acceptMessage(deps: AcceptDeps, command: SendCommand, call
  * never the generic 503 "nothing was sent, retry later", whose retry would send it twice. Found by
  * test/faults/postgres-outage.test.ts.
  */
-async function answerQueued(deps: AcceptDeps, id: number, customId: string | null): Promise<SendAnswer> {
+async function answerQueued(deps: AcceptDeps, id: number, customId: string | null, link: string): Promise<SendAnswer> {
   try {
-    return await answerFromRow(deps, id);
+    return await answerFromRow(deps, id, link);
   } catch (error) {
     deps.logger.warn({ messageId: id, err: describe(error) }, 'message queued but its state could not be read; answering 202');
     const body: SendEnvelope = {
@@ -156,7 +160,7 @@ async function answerQueued(deps: AcceptDeps, id: number, customId: string | nul
       status: 'queued',
       // Unknown without the row and the limiter; "now" as expectedSendAt does when it cannot ask.
       expected_send_at: new Date().toISOString(),
-      status_url: `/messages/${id}`,
+      status_url: link,
     };
     return { httpStatus: 202, body };
   }
@@ -197,9 +201,14 @@ async function answerRepeat(deps: AcceptDeps, id: number, sameRequest: boolean, 
     return { httpStatus: 422, body: { ...errorEnvelope(KEY_REUSED_MESSAGE), errors: [{ field: IDEMPOTENCY_HEADER, message: KEY_REUSED_MESSAGE }] } };
   }
   const replayed = (answer: SendAnswer): SendAnswer => ({ ...answer, headers: { ...answer.headers, 'Idempotent-Replayed': 'true' } });
+  // The first answer, and the link in it, may never have reached the caller: this one carries a new
+  // link. Earlier links keep working (a few of them: STATUS_KEYS_KEPT).
+  const statusKey = newStatusKey();
+  await addStatusKeyHash(deps.db, id, statusKey.sha256, STATUS_KEYS_KEPT);
+  const link = statusUrl(id, statusKey.key);
   // Registered before the row is read, so a completion in between is not missed.
   const wait = wantsToWait && deps.sendWaitMs > 0 ? deps.waitForJob(id, deps.sendWaitMs) : undefined;
-  const now = await answerFromRow(deps, id).catch((error: unknown) => {
+  const now = await answerFromRow(deps, id, link).catch((error: unknown) => {
     wait?.cancel();
     throw error;
   });
@@ -208,20 +217,20 @@ async function answerRepeat(deps: AcceptDeps, id: number, sameRequest: boolean, 
     return replayed(now);
   }
   await wait.finished;
-  return replayed(await answerFromRow(deps, id));
+  return replayed(await answerFromRow(deps, id, link));
 }
 
 /** The row as it stands: final → 200 with its result; otherwise 202 with when it should go out. */
-export async function answerFromRow(deps: Pick<AcceptDeps, 'db' | 'nextSlotInMs'>, id: number): Promise<SendAnswer> {
+export async function answerFromRow(deps: Pick<AcceptDeps, 'db' | 'nextSlotInMs'>, id: number, link: string): Promise<SendAnswer> {
   const record = await findMessage(deps.db, id);
   if (!record) throw new Error(`message ${id} vanished`);
-  if (isFinal(record.status)) return finalAnswer(record.id, record.customId, recordOutcome(record));
-  return { httpStatus: 202, body: queuedEnvelope(record, await expectedSendAt(deps, record)) };
+  if (isFinal(record.status)) return finalAnswer(record.id, record.customId, recordOutcome(record), link);
+  return { httpStatus: 202, body: queuedEnvelope(record, await expectedSendAt(deps, record), link) };
 }
 
-function finalAnswer(id: number, customId: string | null, outcome: DeliveryOutcome): SendAnswer {
+function finalAnswer(id: number, customId: string | null, outcome: DeliveryOutcome, link: string): SendAnswer {
   // A WebSMS refusal is still a 200 with success:false, as the old service answered.
-  return { httpStatus: 200, body: outcomeEnvelope(id, customId, outcome) };
+  return { httpStatus: 200, body: outcomeEnvelope(id, customId, outcome, link) };
 }
 
 async function expectedSendAt(deps: Pick<AcceptDeps, 'nextSlotInMs'>, record: MessageRecord): Promise<Date> {

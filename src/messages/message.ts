@@ -31,6 +31,8 @@ export interface MessageRecord {
   notBefore: Date | null;
   /** resent because WebSMS's lookup said the first attempt never arrived: a possible duplicate */
   resentAfterUnknown: boolean;
+  /** SHA-256 of the keys its status_url links carry (status-key.ts) */
+  statusKeyHashes: Buffer[];
 }
 
 /** What a finished delivery reports back through the queue: no phone, text or key. */
@@ -77,7 +79,9 @@ export function errorEnvelope(error: string, extra: Partial<SendEnvelope> = {}):
   };
 }
 
-export function outcomeEnvelope(id: number, customId: string | null, outcome: DeliveryOutcome): SendEnvelope {
+/** `statusUrl`: the message's capability link, when the caller is to be given one (accept.ts). */
+export function outcomeEnvelope(id: number, customId: string | null, outcome: DeliveryOutcome, statusUrl?: string): SendEnvelope {
+  const link = statusUrl === undefined ? {} : { status_url: statusUrl };
   if (outcome.status === 'success') {
     return {
       success: true,
@@ -89,12 +93,14 @@ export function outcomeEnvelope(id: number, customId: string | null, outcome: De
       error: null,
       id,
       status: 'success',
+      ...link,
     };
   }
   return errorEnvelope(outcome.error ?? `Message ${id} ended with status ${outcome.status}`, {
     custom_id: customId,
     id,
     status: outcome.status,
+    ...link,
   });
 }
 
@@ -110,7 +116,7 @@ export function recordOutcome(record: MessageRecord): DeliveryOutcome {
 }
 
 /** 202: accepted and still on its way; it will be sent, and `status_url` tells when it was. */
-export function queuedEnvelope(record: MessageRecord, expectedSendAt: Date): SendEnvelope {
+export function queuedEnvelope(record: MessageRecord, expectedSendAt: Date, statusUrl: string): SendEnvelope {
   return {
     success: false,
     message_id: null,
@@ -122,6 +128,6 @@ export function queuedEnvelope(record: MessageRecord, expectedSendAt: Date): Sen
     id: record.id,
     status: record.status === 'sending' ? 'sending' : 'queued',
     expected_send_at: expectedSendAt.toISOString(),
-    status_url: `/messages/${record.id}`,
+    status_url: statusUrl,
   };
 }

@@ -101,13 +101,36 @@ export function planRetry(row: RowFacts, job: JobStateName): OperatorPlan {
   }
 }
 
-export function planDrop(row: RowFacts, job: JobStateName): OperatorPlan {
-  if (job === 'active') return { kind: 'refuse', reason: ACTIVE_REFUSAL };
-  const jobStep: JobStep = job === 'missing' ? 'none' : 'remove';
+/**
+ * A cancel (DELETE /messages/{id}, and an operator's drop of a message not yet sent): possible until a
+ * worker claims the message. A job that is active but has not claimed the row yet (it would be
+ * `sending`) is no obstacle: the row's conditional update decides, and a worker that loses finds the
+ * message closed and sends nothing.
+ */
+export function planCancel(row: RowFacts, job: JobStateName): OperatorPlan {
   switch (row.status) {
     case 'pending':
     case 'queued':
-      return { kind: 'act', rowTo: 'failed', jobStep, explanation: 'it was never sent, so it is closed as failed' };
+      return {
+        kind: 'act',
+        rowTo: 'failed',
+        jobStep: job === 'missing' || job === 'active' ? 'none' : 'remove',
+        explanation: 'it was not sent yet, so it is cancelled',
+      };
+    case 'sending':
+      return { kind: 'refuse', reason: 'it is being sent; too late to cancel' };
+    case 'success':
+    case 'failed':
+    case 'unknown':
+      return { kind: 'refuse', reason: `it is already finished (status ${row.status}); nothing to cancel` };
+  }
+}
+
+export function planDrop(row: RowFacts, job: JobStateName): OperatorPlan {
+  if (row.status === 'pending' || row.status === 'queued') return planCancel(row, job);
+  if (job === 'active') return { kind: 'refuse', reason: ACTIVE_REFUSAL };
+  const jobStep: JobStep = job === 'missing' ? 'none' : 'remove';
+  switch (row.status) {
     case 'sending':
       return {
         kind: 'act',

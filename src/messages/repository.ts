@@ -19,6 +19,8 @@ export interface NewMessage {
   serviceName: string | null;
   requestIp: string | null;
   userAgent: string | null;
+  /** the SHA-256 of the key in the answer's status_url (status-key.ts); refused requests have none */
+  statusKeySha256?: Buffer;
 }
 
 /**
@@ -40,6 +42,7 @@ function newMessageValues(message: NewMessage) {
     service_name: message.serviceName,
     request_ip: message.requestIp,
     user_agent: message.userAgent,
+    status_key_hashes: message.statusKeySha256 ? [message.statusKeySha256] : null,
   };
 }
 
@@ -56,7 +59,8 @@ export async function insertPendingMessage(db: Db, message: NewMessage): Promise
 export async function insertRefusedMessage(db: Db, message: NewMessage, error: string, errorCode: string): Promise<number> {
   const row = await db
     .insertInto('user_sms_send')
-    .values({ ...newMessageValues(message), status: 'failed', error_message: error, error_code: errorCode })
+    // Refused: the caller gets no status link for it.
+    .values({ ...newMessageValues(message), status_key_hashes: null, status: 'failed', error_message: error, error_code: errorCode })
     .returning('id')
     .executeTakeFirstOrThrow();
   return Number(row.id);
@@ -91,6 +95,7 @@ export async function findMessage(db: Db, id: number): Promise<MessageRecord | u
       'updated_at',
       'not_before',
       'resent_after_unknown',
+      'status_key_hashes',
     ])
     .where('id', '=', String(id))
     .executeTakeFirst();
@@ -116,7 +121,19 @@ export async function findMessage(db: Db, id: number): Promise<MessageRecord | u
     updatedAt: row.updated_at,
     notBefore: row.not_before,
     resentAfterUnknown: row.resent_after_unknown,
+    statusKeyHashes: row.status_key_hashes ?? [],
   };
+}
+
+/**
+ * One more status key for a message (an Idempotency-Key replay: the first answer, and its link, may
+ * have been lost). The newest `keep` are kept, so replays cannot grow the row without bound.
+ */
+export async function addStatusKeyHash(db: Db, id: number, sha256: Buffer, keep: number): Promise<void> {
+  await sql`
+    UPDATE user_sms_send
+    SET status_key_hashes = (coalesce(status_key_hashes, '{}') || ${[sha256]}::bytea[])[greatest(1, coalesce(cardinality(status_key_hashes), 0) + 2 - ${keep}):]
+    WHERE id = ${String(id)}`.execute(db);
 }
 
 /** The enterprise's window is full: the message waits, and the row says until when. */
@@ -368,7 +385,7 @@ export async function findMessagesByIds(db: Db, ids: readonly number[]): Promise
 
 /** One entry of `operator_actions` (see its migration). */
 export interface OperatorActionEntry {
-  action: 'retry' | 'drop';
+  action: 'retry' | 'drop' | 'cancel';
   /** ISO-8601 */
   at: string;
   /** who ran it: OS user@host */

@@ -3,7 +3,7 @@ import type { Job, Queue } from 'bullmq';
 import type { Redis } from 'ioredis';
 import type { Db } from '../db/database.ts';
 import type { MessageStatus } from '../messages/message.ts';
-import { planDrop, planRetry, type JobStateName, type JobStep, type OperatorPlan } from '../messages/operator-actions.ts';
+import { planCancel, planDrop, planRetry, type JobStateName, type JobStep, type OperatorPlan } from '../messages/operator-actions.ts';
 import { findMessage, findMessagesByIds, recordOperatorAction, type OperatorActionEntry } from '../messages/repository.ts';
 import { jobIdFor, type SendJobData } from './jobs.ts';
 
@@ -130,14 +130,21 @@ export async function dropMessage(ports: InspectionPorts, request: ActionRequest
   return act(ports, request, 'drop');
 }
 
-async function act(ports: InspectionPorts, request: ActionRequest, action: 'retry' | 'drop'): Promise<ActionResult> {
+/** A caller's cancel of a message not yet claimed for sending; the same path as a drop of one. */
+export async function cancelMessage(ports: InspectionPorts, request: ActionRequest): Promise<ActionResult> {
+  return act(ports, request, 'cancel');
+}
+
+const PLANS = { retry: planRetry, drop: planDrop, cancel: planCancel } as const;
+
+async function act(ports: InspectionPorts, request: ActionRequest, action: keyof typeof PLANS): Promise<ActionResult> {
   const { messageId } = request;
   const record = await findMessage(ports.db, messageId);
   if (!record) return { kind: 'not-found', messageId };
   const jobId = jobIdFor(messageId);
   const jobFrom = toStateName(await ports.queue.getJobState(jobId));
   const facts = { status: record.status, attempts: record.attempts };
-  const plan: OperatorPlan = action === 'retry' ? planRetry(facts, jobFrom) : planDrop(facts, jobFrom);
+  const plan: OperatorPlan = PLANS[action](facts, jobFrom);
   if (plan.kind === 'refuse') return { kind: 'refused', messageId, reason: plan.reason };
   if (plan.kind === 'nothing') return { kind: 'nothing', messageId, explanation: plan.explanation };
 
@@ -151,12 +158,12 @@ async function act(ports: InspectionPorts, request: ActionRequest, action: 'retr
     job: `${jobFrom}${plan.jobStep === 'none' ? '' : ` → ${plan.jobStep}`}`,
     reason: request.reason ?? null,
   };
-  const dropping = action === 'drop' && plan.rowTo !== record.status;
+  const closing = action !== 'retry' && plan.rowTo !== record.status;
   const changed = await recordOperatorAction(ports.db, messageId, {
     from: record.status,
     to: plan.rowTo,
     entry,
-    ...(dropping ? { failure: dropFailure(by, request.reason, plan.rowTo, record.error) } : {}),
+    ...(closing ? { failure: closingFailure(action === 'drop' ? `operator ${by}` : by, request.reason, plan.rowTo, record.error) } : {}),
     // A `sending` row may have a live WebSMS call: dropping it then could race the worker's result.
     ...(record.status === 'sending' && action === 'drop' ? { quietForMs: ports.websmsTimeoutMs + IN_FLIGHT_GRACE_MS } : {}),
   });
@@ -213,14 +220,12 @@ async function carryOutJobStep(ports: InspectionPorts, messageId: number, enterp
   }
 }
 
-function dropFailure(by: string, reason: string | undefined, to: MessageStatus, previous: string | null): { code: string; message: string } {
+/** What the row says about a cancelled or dropped message: `cancelled` (never sent) reports as failed. */
+function closingFailure(by: string, reason: string | undefined, to: MessageStatus, previous: string | null): { code: string; message: string } {
   const why = reason ? `: ${reason}` : '';
   const last = previous ? ` (last error: ${previous})` : '';
-  const message =
-    to === 'unknown'
-      ? `Dropped by operator ${by}${why} while its outcome was unknown: it may have been sent${last}`
-      : `Dropped by operator ${by}${why}; not sent${last}`;
-  return { code: 'dropped_by_operator', message };
+  if (to === 'unknown') return { code: 'dropped_by_operator', message: `Dropped by ${by}${why} while its outcome was unknown: it may have been sent${last}` };
+  return { code: 'cancelled', message: `Cancelled by ${by}${why}; not sent${last}` };
 }
 
 function toStateName(state: string): JobStateName {

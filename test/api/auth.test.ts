@@ -12,6 +12,9 @@ const sha = (token: string) => createHash('sha256').update(token).digest('hex');
 const bearer = (token: string) => ({ authorization: `Bearer ${token}` });
 const CONFIGURED = `${DEMO_USER} ${DEMO_KEY}`;
 
+/** As if relayed by a proxy from a client elsewhere: not a direct local peer, so not the operator. */
+const REMOTE = { 'x-forwarded-for': '203.0.113.7' };
+
 let env: TestEnv;
 let baseUrl: string;
 const get = (path: string, headers: Record<string, string> = {}) => fetch(`${baseUrl}${path}`, { headers });
@@ -81,56 +84,66 @@ describe('with API_TOKENS configured', () => {
     expect(json.success).toBe(true);
   });
 
-  it('GET /messages/{id}: 401 without a token, 404 for another enterprise\'s message (as for a missing one), 200 for its own', async () => {
+  it('GET /messages/{id}: 404 without a token or key (as for a missing one), 200 with its status link, for its own enterprise\'s token, and 404 for another enterprise\'s', async () => {
     const own = await send({ enterprise_number: '0367', phone: PHONE, text: 'own' }, bearer(CRM_TOKEN));
     const foreign = await send({ enterprise_number: '0368', phone: PHONE, text: 'foreign' }, bearer(BILLING_TOKEN));
 
-    const anonymous = await get(`/messages/${String(own.json.id)}`);
-    expect(anonymous.status).toBe(401);
-    expect(anonymous.headers.get('www-authenticate')).toContain('Bearer');
+    const anonymous = await get(`/messages/${String(own.json.id)}`, REMOTE);
+    expect(anonymous.status).toBe(404);
+    expect(((await anonymous.json()) as { error: string }).error).toBe(`Message ${String(own.json.id)} not found`);
+    expect((await get(String(own.json.status_url), REMOTE)).status).toBe(200);
 
-    expect((await get(`/messages/${String(own.json.id)}`, bearer(CRM_TOKEN))).status).toBe(200);
-    const hidden = await get(`/messages/${String(foreign.json.id)}`, bearer(CRM_TOKEN));
-    const missing = await get('/messages/987654321', bearer(CRM_TOKEN));
+    expect((await get(`/messages/${String(own.json.id)}`, { ...REMOTE, ...bearer(CRM_TOKEN) })).status).toBe(200);
+    const hidden = await get(`/messages/${String(foreign.json.id)}`, { ...REMOTE, ...bearer(CRM_TOKEN) });
+    const missing = await get('/messages/987654321', { ...REMOTE, ...bearer(CRM_TOKEN) });
     expect(hidden.status).toBe(404);
     expect(missing.status).toBe(404);
     expect(((await hidden.json()) as { error: string }).error).toBe(`Message ${String(foreign.json.id)} not found`);
     expect(((await missing.json()) as { error: string }).error).toBe('Message 987654321 not found');
-    expect((await get(`/messages/${String(foreign.json.id)}`, bearer(BILLING_TOKEN))).status).toBe(200);
+    expect((await get(`/messages/${String(foreign.json.id)}`, { ...REMOTE, ...bearer(BILLING_TOKEN) })).status).toBe(200);
   });
 
-  it('GET /enterprises/{n}/balance: 401 without a token, 404 with the unknown-enterprise text for a foreign enterprise, 200 for its own', async () => {
-    expect((await get('/enterprises/0367/balance')).status).toBe(401);
-    expect((await get('/enterprises/0367/balance', bearer(CRM_TOKEN))).status).toBe(200);
-    const foreign = await get('/enterprises/0368/balance', bearer(CRM_TOKEN));
-    const unknown = await get('/enterprises/0999/balance', bearer(CRM_TOKEN));
+  it('GET /enterprises/{n}/balance: 401 without a token, 404 with the unknown-enterprise text for a foreign enterprise, 200 without the WebSMS user for its own', async () => {
+    const anonymous = await get('/enterprises/0367/balance', REMOTE);
+    expect(anonymous.status).toBe(401);
+    expect(anonymous.headers.get('www-authenticate')).toBe('Bearer realm="user-sms"');
+    const own = await get('/enterprises/0367/balance', { ...REMOTE, ...bearer(CRM_TOKEN) });
+    expect(own.status).toBe(200);
+    const body = (await own.json()) as Record<string, unknown>;
+    expect(body).toMatchObject({ enterprise_number: '0367', sms: 39.056508 });
+    expect(body).not.toHaveProperty('websms_user');
+    expect(JSON.stringify(body)).not.toContain(DEMO_USER);
+    const foreign = await get('/enterprises/0368/balance', { ...REMOTE, ...bearer(CRM_TOKEN) });
+    const unknown = await get('/enterprises/0999/balance', { ...REMOTE, ...bearer(CRM_TOKEN) });
     expect(foreign.status).toBe(404);
     expect(unknown.status).toBe(404);
     expect(((await foreign.json()) as { error: string }).error).toBe('Enterprise 0368 not found or has no WebSMS configuration');
-    expect((await get('/enterprises/0368/balance', bearer(BILLING_TOKEN))).status).toBe(200);
+    expect((await get('/enterprises/0368/balance', { ...REMOTE, ...bearer(BILLING_TOKEN) })).status).toBe(200);
   });
 
-  it('GET /reports/*: 401 without a token, answered with a token', async () => {
-    expect((await get('/reports')).status).toBe(401);
-    expect((await get('/reports/recent?enterprise=0367')).status).toBe(401);
-    expect((await get('/reports/recent?enterprise=0367', bearer(CRM_TOKEN))).status).toBe(200);
-    expect((await get('/reports/recent?enterprise=0368', bearer(CRM_TOKEN))).status).toBe(404);
-    expect((await get('/reports/recent?enterprise=0368', bearer(BILLING_TOKEN))).status).toBe(200);
+  it('GET /reports/*: for operators only; a token does not open them, and through a proxy they do not exist', async () => {
+    for (const headers of [REMOTE, { ...REMOTE, ...bearer(CRM_TOKEN) }, { ...REMOTE, ...bearer(BILLING_TOKEN) }]) {
+      expect((await get('/reports', headers)).status).toBe(404);
+      expect((await get('/reports/recent?enterprise=0367', headers)).status).toBe(404);
+    }
+    // The operator, without configured credentials: a direct local peer.
+    expect((await get('/reports/recent?enterprise=0367')).status).toBe(200);
   });
 
   it('keeps /, /health, /docs and /openapi.json open, and never asks for a Bearer token on /metrics or /admin', async () => {
     for (const path of ['/', '/health', '/docs/', '/openapi.json']) {
-      expect((await get(path)).status, path).toBe(200);
+      expect((await get(path, REMOTE)).status, path).toBe(200);
     }
     for (const path of ['/metrics', '/admin/queues']) {
-      const response = await get(path);
+      const response = await get(path, REMOTE);
+      expect(response.status, path).toBe(404);
       expect(response.headers.get('www-authenticate') ?? '', path).not.toContain('Bearer');
     }
   });
 
-  it('answers any other path without a token with 401, so paths cannot be probed either', async () => {
-    const response = await get('/nope');
-    expect(response.status).toBe(401);
+  it('answers any other path with 404, with a token or without', async () => {
+    expect((await get('/nope', REMOTE)).status).toBe(404);
+    expect((await get('/nope', { ...REMOTE, ...bearer(CRM_TOKEN) })).status).toBe(404);
   });
 });
 
@@ -155,9 +168,14 @@ describe('with API_TOKENS and operator credentials both configured', () => {
     expect((await fetch(`${url}/reports`, { headers: basic('ops', 'wrong-password') })).status).toBe(401);
   });
 
-  it('never lets Basic credentials stand in for a token on POST /send or GET /messages', async () => {
+  it('never lets Basic credentials stand in for a token on POST /send; operators may read any message', async () => {
     const sent = await postJson(url, '/send', { enterprise_number: '0367', phone: PHONE, text: 'basic' }, basic('ops', 'ops-password-1'));
     expect(sent.status).toBe(401);
-    expect((await fetch(`${url}/messages/1`, { headers: basic('ops', 'ops-password-1') })).status).toBe(401);
+    const own = await postJson(url, '/send', { enterprise_number: '0367', phone: PHONE, text: 'for the operator' }, { authorization: `Bearer ${CRM_TOKEN}` });
+    expect((await fetch(`${url}/messages/${String(own.json.id)}`, { headers: basic('ops', 'ops-password-1') })).status).toBe(200);
+    expect((await fetch(`${url}/messages/${String(own.json.id)}`, { headers: basic('ops', 'wrong-password') })).status).toBe(401);
+    // With operator credentials configured, even a local peer needs them.
+    expect((await fetch(`${url}/messages/${String(own.json.id)}`)).status).toBe(404);
+    expect((await fetch(`${url}/reports`)).status).toBe(401);
   });
 });

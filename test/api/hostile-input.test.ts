@@ -74,6 +74,12 @@ async function footprint() {
 
 /** Runs `requests` and checks they left no row, no job and no WebSMS call behind. */
 async function leavesNothing(requests: () => Promise<void>) {
+  // Messages earlier tests left on their way (a 202) are sent in their own time: let them finish
+  // first, or their sends would be counted against these requests.
+  await eventually(async () => {
+    const open = await sql<{ n: string }>`SELECT count(*) AS n FROM user_sms_send WHERE status IN ('pending', 'queued', 'sending')`.execute(env.db);
+    return Number(open.rows[0]!.n) === 0 ? true : undefined;
+  }, 30_000);
   const before = await footprint();
   await requests();
   expect(await footprint()).toEqual(before);
@@ -315,7 +321,8 @@ const controlChar = fc.constantFrom(...Array.from({ length: 32 }, (_, i) => Stri
 const anyText = (maxLength: number) => fc.string({ unit: 'binary', maxLength });
 const wrongType = fc.oneof(
   fc.integer(),
-  fc.double(),
+  // Finite only: NaN and ±Infinity travel as JSON null, and a null sender or custom_id is valid.
+  fc.double({ noNaN: true, noDefaultInfinity: true }),
   fc.boolean(),
   fc.array(fc.jsonValue({ maxDepth: 2 }), { maxLength: 3 }),
   fc.dictionary(fc.string({ maxLength: 5 }), fc.jsonValue({ maxDepth: 2 }), { maxKeys: 3 }),

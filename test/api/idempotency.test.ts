@@ -56,7 +56,8 @@ describe('Idempotency-Key', () => {
     const again = await send(body, { 'idempotency-key': 'repeat-1' });
     expect(first.status).toBe(200);
     expect(again.status).toBe(200);
-    expect(again.json).toEqual(first.json);
+    expect(withoutLink(again.json)).toEqual(withoutLink(first.json));
+    await expectBothLinksWork(baseUrl, first.json, again.json);
     expect(first.headers.get('idempotent-replayed')).toBeNull();
     expect(again.headers.get('idempotent-replayed')).toBe('true');
     expect(sendsOf(body.text)).toHaveLength(1);
@@ -68,7 +69,8 @@ describe('Idempotency-Key', () => {
     const again = await send(body, { 'idempotency-key': 'refused-1' });
     expect(first.status).toBe(200);
     expect(first.json).toMatchObject({ success: false, status: 'failed' });
-    expect(again.json).toEqual(first.json);
+    expect(withoutLink(again.json)).toEqual(withoutLink(first.json));
+    await expectBothLinksWork(baseUrl, first.json, again.json);
     expect(sendsOf(body.text)).toHaveLength(1);
   });
 
@@ -222,7 +224,8 @@ describe('Idempotency-Key while the first message is still in flight', () => {
 
     const quick = await post(body, { 'idempotency-key': 'flight-1', prefer: 'respond-async' });
     expect(quick.status).toBe(202);
-    expect(quick.json).toMatchObject({ id: first.json.id, status: 'queued', status_url: `/messages/${String(first.json.id)}` });
+    expect(quick.json).toMatchObject({ id: first.json.id, status: 'queued' });
+    await expectBothLinksWork(slowUrl, first.json, quick.json);
     expect(quick.headers.get('idempotent-replayed')).toBe('true');
 
     // Waits (bounded by SEND_WAIT_MS) for the first request's message, like the first request would have.
@@ -238,6 +241,23 @@ describe('Idempotency-Key while the first message is still in flight', () => {
     await eventually(async () => ((await slow.db.selectFrom('user_sms_send').select('status').where('text', '=', text).executeTakeFirst())?.status === 'success' ? true : undefined));
   });
 });
+
+/** The answer without its status link: a replay hands out a new one, the first may have been lost. */
+function withoutLink(json: Record<string, unknown>): Record<string, unknown> {
+  const { status_url: link, ...rest } = json;
+  expect(link).toMatch(/^\/messages\/\d+\?key=[\w-]{32}$/);
+  return rest;
+}
+
+/** Both answers' links open the same message, through a proxy (no operator): the first link survives the replay. */
+async function expectBothLinksWork(base: string, first: Record<string, unknown>, replay: Record<string, unknown>) {
+  expect(replay.status_url).not.toBe(first.status_url);
+  for (const link of [first.status_url, replay.status_url]) {
+    const answer = await fetch(`${base}${String(link)}`, { headers: { 'x-forwarded-for': '203.0.113.7' } });
+    expect(answer.status).toBe(200);
+    expect(((await answer.json()) as { id: number }).id).toBe(first.id);
+  }
+}
 
 function rowFor(body: { enterprise_number: string; phone: string; text: string }) {
   return { enterprise_number: body.enterprise_number, phone: body.phone, text: body.text, sender: 'Vochi-CRM' };

@@ -212,7 +212,8 @@ describe('POST /send', () => {
   it('answers 202 at once with the message id when the caller asks not to wait, and sends it anyway', async () => {
     const { status, json } = await send({ enterprise_number: '0367', phone: PHONE, text: 'no wait' }, { prefer: 'respond-async' });
     expect(status).toBe(202);
-    expect(json).toMatchObject({ success: false, error: null, status: 'queued', status_url: expect.stringMatching(new RegExp(`^/messages/${String(json.id)}\\?key=[\\w-]{32}$`)) });
+    expect(json).toMatchObject({ success: false, error: null, status: 'queued' });
+    expect(json.status_url).toMatch(new RegExp(`^/messages/${String(json.id)}\\?key=[\\w-]{32}$`));
     const message = await eventually(async () => {
       // As the CRM asks: through its status link, from elsewhere (not the operator's local peer).
       const r = await fetch(`${baseUrl}${String(json.status_url)}`, { headers: { 'x-forwarded-for': '203.0.113.7' } });

@@ -205,13 +205,20 @@ describe('without ADMIN_USER/ADMIN_PASSWORD', () => {
     await env?.cleanup();
   });
 
-  it('has no dashboard at all: 404 on the page and its API, with or without credentials', async () => {
-    for (const headers of [{}, AS_ADMIN]) {
+  it('shows the dashboard, read-only, to a direct local peer only: through a proxy it does not exist, with or without credentials', async () => {
+    const relayed = { 'x-forwarded-for': '203.0.113.7' };
+    const attempts: Array<Record<string, string>> = [relayed, { ...relayed, ...AS_ADMIN }, { 'x-real-ip': '127.0.0.1' }, { forwarded: 'for=127.0.0.1' }];
+    for (const headers of attempts) {
       for (const path of ['/admin/queues', `/admin/queues/api/queues?activeQueue=${SEND_QUEUE}`, '/admin/queues/static/favicon-32x32.png']) {
         const answer = await get(baseUrl, path, headers);
         expect(answer.status, path).toBe(404);
         expect(answer.text).not.toContain(SEND_QUEUE);
       }
     }
+    const local = await get(baseUrl, `/admin/queues/api/queues?activeQueue=${SEND_QUEUE}`, {});
+    expect(local.status).toBe(200);
+    expect(local.text).toContain(SEND_QUEUE);
+    const change = await fetch(`${baseUrl}/admin/queues/api/queues/pause`, { method: 'PUT' });
+    expect(change.status).toBe(405);
   });
 });

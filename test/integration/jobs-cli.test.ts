@@ -294,8 +294,8 @@ describe('delayed jobs under the rate limit', () => {
     expect(dropped.code, dropped.stderr).toBe(0);
     expect(await jobState(env, second)).toBe('unknown');
     const closed = await row(env, second);
-    expect(closed).toMatchObject({ status: 'failed', error_code: 'dropped_by_operator' });
-    expect(closed.error_message).toMatch(/^Dropped by operator .+: customer cancelled; not sent/);
+    expect(closed).toMatchObject({ status: 'failed', error_code: 'cancelled' });
+    expect(closed.error_message).toMatch(/^Cancelled by operator .+: customer cancelled; not sent/);
     expect(closed.operator_actions).toEqual([expect.objectContaining({ action: 'drop', from: 'queued', to: 'failed', job: 'delayed → remove', reason: 'customer cancelled' })]);
 
     const runsBefore = await timesTaken(env, third);

@@ -1,5 +1,5 @@
 import { describe, expect, it } from 'vitest';
-import { planDrop, planRetry, type JobStateName } from '../../src/messages/operator-actions.ts';
+import { planCancel, planDrop, planRetry, type JobStateName } from '../../src/messages/operator-actions.ts';
 import type { MessageStatus } from '../../src/messages/message.ts';
 
 const ALL_JOB_STATES: JobStateName[] = ['waiting', 'active', 'delayed', 'failed', 'completed', 'missing'];
@@ -10,10 +10,21 @@ describe('an operator retry never sends a message twice', () => {
     for (const job of ALL_JOB_STATES) expect(planRetry({ status: 'success', attempts: 1 }, job).kind).toBe('refuse');
   });
 
-  it('never touches a message whose job a worker holds right now', () => {
+  it('never touches a message whose job a worker holds right now, except to cancel one it has not claimed', () => {
     for (const status of ALL_STATUSES) {
       expect(planRetry({ status, attempts: 1 }, 'active').kind).toBe('refuse');
-      expect(planDrop({ status, attempts: 1 }, 'active').kind).toBe('refuse');
+      // pending/queued: the worker has not claimed the row; the conditional update decides who wins.
+      const unclaimed = status === 'pending' || status === 'queued';
+      expect(planDrop({ status, attempts: 1 }, 'active')).toMatchObject(unclaimed ? { kind: 'act', rowTo: 'failed', jobStep: 'none' } : { kind: 'refuse' });
+      expect(planCancel({ status, attempts: 1 }, 'active')).toMatchObject(unclaimed ? { kind: 'act', rowTo: 'failed', jobStep: 'none' } : { kind: 'refuse' });
+    }
+  });
+
+  it('cancels only what no worker has claimed: pending and queued; sending and finished messages are refused', () => {
+    for (const job of ['waiting', 'delayed', 'missing', 'failed', 'completed'] as const) {
+      expect(planCancel({ status: 'queued', attempts: 0 }, job)).toMatchObject({ kind: 'act', rowTo: 'failed', jobStep: job === 'missing' ? 'none' : 'remove' });
+      expect(planCancel({ status: 'pending', attempts: 0 }, job)).toMatchObject({ kind: 'act', rowTo: 'failed' });
+      for (const status of ['sending', 'success', 'failed', 'unknown'] as const) expect(planCancel({ status, attempts: 1 }, job).kind).toBe('refuse');
     }
   });
 
