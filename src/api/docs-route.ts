@@ -7,6 +7,11 @@ const ref = (name: string) => ({ $ref: `#/components/schemas/${name}` });
 const json = (name: string, description: string) => ({ description, content: { 'application/json': { schema: ref(name) } } });
 
 /** The OpenAPI document, generated from the same zod schemas that validate requests. */
+const messageParameters = [
+  { name: 'id', in: 'path', required: true, schema: { type: 'integer', minimum: 1 } },
+  { name: 'key', in: 'query', required: false, description: "The message's key, from the status_url of the send's answer", schema: { type: 'string' } },
+];
+
 export function openApiDocument(): Record<string, unknown> {
   const schema = (s: z.ZodType, io: 'input' | 'output') => {
     const { $schema: _ignored, ...rest } = z.toJSONSchema(s, { io, unrepresentable: 'any' });
@@ -26,7 +31,7 @@ export function openApiDocument(): Record<string, unknown> {
           summary: 'Send an SMS on behalf of an enterprise',
           description:
             'Queues the message and waits (bounded) for the result. 202 when it is still waiting for its rate-limit slot; ' +
-            'ask GET /messages/{id} later. `?wait=false` or `Prefer: respond-async` answers 202 at once.',
+            'ask its `status_url` (GET /messages/{id}?key=…) later. `?wait=false` or `Prefer: respond-async` answers 202 at once.',
           parameters: [
             { name: 'wait', in: 'query', required: false, schema: { type: 'boolean' } },
             { name: 'Prefer', in: 'header', required: false, description: '`respond-async`: answer 202 at once', schema: { type: 'string' } },
@@ -57,13 +62,24 @@ export function openApiDocument(): Record<string, unknown> {
       '/messages/{id}': {
         get: {
           summary: 'The stored state of one message',
-          parameters: [{ name: 'id', in: 'path', required: true, schema: { type: 'integer', minimum: 1 } }],
-          responses: { 200: json('Message', 'Found'), 404: json('SendEnvelope', 'No such message') },
+          description: "With the message's key (its `status_url`), a token allowed its enterprise, or the operator; anyone else gets 404, as for a missing message.",
+          parameters: messageParameters,
+          responses: { 200: json('Message', 'Found'), 404: json('SendEnvelope', 'No such message'), 429: json('SendEnvelope', 'Too many failed keys or credentials from this client (Retry-After)') },
+        },
+        delete: {
+          summary: 'Cancel a message not yet claimed for sending',
+          description: 'Allowed as for GET. 200: cancelled (status `failed`, error_code `cancelled`), nothing is sent. 409: being sent or finished.',
+          parameters: messageParameters,
+          responses: {
+            200: json('Message', 'Cancelled'),
+            404: json('SendEnvelope', 'No such message'),
+            409: json('SendEnvelope', 'Too late: being sent or finished (its status and the message are in the answer)'),
+          },
         },
       },
       '/enterprises/{number}/balance': {
         get: {
-          summary: "The enterprise's WebSMS balance (BYN)",
+          summary: "The enterprise's WebSMS balance (BYN), for operators and tokens allowed the enterprise; `websms_user` only for operators",
           parameters: [{ name: 'number', in: 'path', required: true, schema: { type: 'string', maxLength: 10 } }],
           responses: {
             200: {
@@ -92,7 +108,7 @@ export function openApiDocument(): Record<string, unknown> {
       },
       '/reports/{name}': {
         get: {
-          summary: 'Operator reports: today, enterprise, recent, failures, spend, audit (HTTP Basic when ADMIN_USER is set)',
+          summary: 'Operator reports: today, enterprise, recent, failures, spend, audit (operators only: HTTP Basic, or a direct local peer when ADMIN_USER is unset)',
           parameters: [
             { name: 'name', in: 'path', required: true, schema: { type: 'string', enum: ['today', 'enterprise', 'recent', 'failures', 'spend', 'audit'] } },
             { name: 'enterprise', in: 'query', required: false, schema: { type: 'string' } },
@@ -106,7 +122,7 @@ export function openApiDocument(): Record<string, unknown> {
     components: {
       securitySchemes: {
         bearer: { type: 'http', scheme: 'bearer', description: 'Only when API_TOKENS is configured' },
-        operator: { type: 'http', scheme: 'basic', description: 'ADMIN_USER / ADMIN_PASSWORD, for the dashboard, metrics and reports' },
+        operator: { type: 'http', scheme: 'basic', description: 'ADMIN_USER / ADMIN_PASSWORD, for reports, balance, metrics and the dashboard (unset: a direct local peer only)' },
       },
       schemas: {
         SendRequest: schema(sendRequestSchema, 'input'),

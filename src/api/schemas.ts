@@ -85,7 +85,7 @@ export const sendEnvelopeSchema = z
     id: z.number().optional().meta({ description: 'Our message id' }),
     status: z.string().optional(),
     expected_send_at: z.string().optional().meta({ description: '202 only: when the message is expected to go out' }),
-    status_url: z.string().optional().meta({ description: '202 only: where to ask for the outcome' }),
+    status_url: z.string().optional().meta({ description: "The message's own link (GET or DELETE; its key is the caller's alone), relative to the API's base" }),
     errors: z.array(z.object({ field: z.string(), message: z.string() })).optional(),
   });
 

@@ -8,6 +8,7 @@ import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { loadConfig } from '../../src/config.ts';
 import { createTestEnv, DEMO_KEY, DEMO_USER, eventually, type TestEnv } from '../support/context.ts';
 import { freePort } from '../support/service-processes.ts';
+import { writeNginxConfig } from '../support/nginx.ts';
 
 // The deployment files in ops/ and docker-compose.yml, checked with the real tools (nginx,
 // systemd-analyze, logrotate, docker compose or docker-compose). In CI (`CI` set) every tool must be
@@ -264,31 +265,7 @@ describe.skipIf(skipNginx)('ops/nginx snippets', () => {
   const ADMIN = { user: 'ops', password: 'nginx-test-pass' };
 
   /** A minimal nginx.conf with both snippets included where they belong, proxying to `upstreamPort`. */
-  function writeConfig(upstreamPort: number): string {
-    const http = join(dir, 'user-sms-http.conf');
-    const location = join(dir, 'user-sms.conf');
-    writeFileSync(http, read('ops/nginx/user-sms-http.conf'));
-    writeFileSync(location, read('ops/nginx/user-sms.conf').replaceAll('127.0.0.1:8014', `127.0.0.1:${upstreamPort}`));
-    const conf = join(dir, 'nginx.conf');
-    writeFileSync(
-      conf,
-      [
-        `pid ${join(dir, 'nginx.pid')};`,
-        `error_log ${join(dir, 'error.log')} warn;`,
-        'events {}',
-        'http {',
-        `    include ${http};`,
-        '    access_log off;',
-        '    server {',
-        `        listen 127.0.0.1:${nginxPort};`,
-        `        include ${location};`,
-        '    }',
-        '}',
-        '',
-      ].join('\n'),
-    );
-    return conf;
-  }
+  const writeConfig = (upstreamPort: number) => writeNginxConfig(dir, nginxPort, upstreamPort);
 
   beforeAll(async () => {
     dir = mkdtempSync(join(tmpdir(), 'user-sms-nginx-'));
@@ -356,14 +333,17 @@ describe.skipIf(skipNginx)('ops/nginx snippets', () => {
       expect(row.request_ip).toBe('127.0.0.2');
     });
 
-    it('does not publish the dashboard or /metrics, whatever the letter case, even with valid credentials', async () => {
+    it('does not publish the dashboard, /metrics, reports or the balance, whatever the spelling, even with valid credentials', async () => {
       const credentials = { authorization: `Basic ${Buffer.from(`${ADMIN.user}:${ADMIN.password}`).toString('base64')}` };
       expect((await fetch(`${direct}/admin/queues`, { headers: credentials })).status).toBe(200);
-      for (const path of ['/admin/queues', '/admin/queues/api/queues', '/ADMIN/queues', '/metrics', '/Metrics', '//metrics', '/metrics/']) {
+      const notFound = await (await fetch(viaNginx('/no-such-path'))).text();
+      for (const path of ['/admin/queues', '/admin/queues/api/queues', '/ADMIN/queues', '/metrics', '/Metrics', '//metrics', '/metrics/', '/reports', '/reports/recent', '/enterprises/0367/balance']) {
         const response = await fetch(viaNginx(path), { headers: credentials });
         expect(response.status, path).toBe(404);
-        expect(await response.text()).not.toMatch(/user_sms_|bull|"success"/i);
+        // nginx's own answer: the request never reached the service.
+        expect(await response.text(), path).toBe(notFound);
       }
+      expect(notFound).not.toMatch(/user_sms_|bull/i);
     });
 
     it('answers 429 to a client flooding past the burst, and lets the first 100 requests through', async () => {
