@@ -62,7 +62,7 @@ export function buildApp(deps: AppDeps): Express {
   app.use(express.json({ limit: deps.bodyLimitBytes, type: ['application/json', 'application/*+json'] }));
   app.use(serviceRoutes(deps.info, deps.probes));
   app.use(sendRoute(deps.accept));
-  app.use(messageRoute({ db: deps.db, logger: deps.logger, cancel: deps.cancelMessage, throttle: deps.credentialThrottle }));
+  app.use(messageRoute({ db: deps.db, logger: deps.logger, cancel: deps.cancelMessage, throttle: deps.credentialThrottle, standing: deps.accept.standing }));
   if (deps.websmsBalance) app.use(balanceRoute({ db: deps.db, websms: deps.websmsBalance }));
   app.use(reportRoutes(deps.db));
   if (deps.metrics) app.use(metricsRoute(deps.metrics));

@@ -11,6 +11,8 @@ import { cancelMessage } from './queue/inspection.ts';
 import { answerMalformedRequests } from './api/malformed-http.ts';
 import type { AcceptDeps } from './messages/accept.ts';
 import { createSweeper } from './messages/sweeper.ts';
+import { messageStanding } from './line/standing.ts';
+import { restoreLine } from './line/turns.ts';
 import { createCompletionWaiter } from './queue/completion-waiter.ts';
 import { jobIdFor } from './queue/jobs.ts';
 import { createSendWorker } from '../workers/send-worker.ts';
@@ -43,9 +45,9 @@ export async function startApi(config: Config, logger: Logger): Promise<RunningA
     defaultSender: config.websms.defaultSender,
     defaultServiceName: config.defaultServiceName,
     sendWaitMs: config.sendWaitMs,
-    enqueue: deps.enqueue,
+    enqueue: deps.enqueueInLine,
     waitForJob: (messageId, deadlineMs) => waiter.wait(jobIdFor(messageId), deadlineMs),
-    nextSlotInMs: (enterprise) => deps.limiter.peekWaitMs(enterprise),
+    standing: (record) => messageStanding(deps.line, record),
     idempotencyRetentionS: config.idempotencyRetentionS,
     dailyCapPerEnterprise: config.dailyCapPerEnterprise,
   };
@@ -78,7 +80,10 @@ export async function startApi(config: Config, logger: Logger): Promise<RunningA
     credentialThrottle:
       config.authFailuresPerMinute > 0 ? createCredentialThrottle(deps.redis, { keyPrefix: config.queuePrefix, limit: config.authFailuresPerMinute, windowMs: 60_000 }) : undefined,
     cancelMessage: (messageId, by) =>
-      cancelMessage({ db: deps.db, queue: deps.queue, redis: deps.redis, enqueue: deps.enqueue, websmsTimeoutMs: config.websms.timeoutMs }, { messageId, by }),
+      cancelMessage(
+        { db: deps.db, queue: deps.queue, redis: deps.redis, enqueue: deps.enqueue, websmsTimeoutMs: config.websms.timeoutMs, takeOutOfLine: deps.takeOutOfLine },
+        { messageId, by },
+      ),
     metrics: { prometheusText: monitor.prometheusText },
     dashboard: { queue: deps.queue, readOnly: config.dashboard.readOnly },
   });
@@ -127,7 +132,7 @@ export async function startWorker(config: Config, logger: Logger): Promise<Runni
     {
       db: deps.db,
       websms: deps.websms,
-      limiter: deps.limiter,
+      line: deps.linePorts,
       logger,
       defaultSender: config.websms.defaultSender,
       websmsTimeoutMs: config.websms.timeoutMs,
@@ -144,7 +149,17 @@ export async function startWorker(config: Config, logger: Logger): Promise<Runni
   await worker.waitUntilReady();
   telemetry.start(worker);
   const sweeper = createSweeper(
-    { db: deps.db, logger, jobState: deps.jobState, enqueue: deps.enqueue, retryFailed: deps.retryFailed },
+    {
+      db: deps.db,
+      logger,
+      jobState: deps.jobState,
+      // A job lost with Redis comes back behind its line, rebuilt from the rows, so order survives.
+      enqueue: async (messageId, enterpriseNumber) => {
+        await restoreLine(deps.linePorts, enterpriseNumber, messageId);
+        await deps.enqueue(messageId, enterpriseNumber);
+      },
+      retryFailed: deps.retryFailed,
+    },
     { intervalMs: config.sweeper.intervalMs, idleMs: config.sweeper.pendingAfterMs },
   );
   sweeper.start();

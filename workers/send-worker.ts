@@ -28,6 +28,8 @@ export function createSendWorker(deps: DeliveryDeps, options: SendWorkerOptions)
       enterpriseNumber: job.data.enterpriseNumber,
       lastAttempt: job.attemptsMade + 1 >= (job.opts.attempts ?? 1),
       firstRun: job.attemptsStarted <= 1,
+      // A job added with a delay waited for its turn in its enterprise's line (counted once, at its first attempt).
+      waitedInLineMs: job.attemptsMade === 0 && (job.opts.delay ?? 0) > 0 ? Date.now() - job.timestamp : 0,
       stashedAcceptance: job.data.acceptance,
       stashAcceptance: (acceptance) => job.updateData({ ...job.data, acceptance }),
     });

@@ -155,7 +155,8 @@ function unauthorized(res: Response, scheme: 'bearer' | 'basic', message: string
   return new HttpError(401, message, { errors: [{ field: 'Authorization', message }] });
 }
 
-function tooManyFailures(res: Response): HttpError {
+/** 429 for a client past its failed credentials; throttleSays has set Retry-After. */
+export function tooManyFailures(res: Response): HttpError {
   return new HttpError(429, `Too many failed credentials from this client: retry after ${res.getHeader('Retry-After') as string} s`);
 }
 

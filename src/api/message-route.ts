@@ -5,7 +5,8 @@ import { errorEnvelope, isFinal, type MessageRecord } from '../messages/message.
 import { findMessage } from '../messages/repository.ts';
 import { statusKeyMatches } from '../messages/status-key.ts';
 import type { ActionResult } from '../queue/inspection.ts';
-import { accessOf, clientKey, countFailure, throttleSays } from './access.ts';
+import type { MessageStanding } from '../line/standing.ts';
+import { accessOf, clientKey, countFailure, throttleSays, tooManyFailures } from './access.ts';
 import { mayReadEnterprise } from './caller.ts';
 import type { CredentialThrottle } from './credential-throttle.ts';
 import { HttpError } from './errors.ts';
@@ -16,6 +17,8 @@ export interface MessageRouteDeps {
   /** the cancel use case (queue/inspection.ts), `by` recorded in operator_actions */
   cancel(messageId: number, by: string): Promise<ActionResult>;
   throttle?: CredentialThrottle | undefined;
+  /** where an unfinished message stands in its enterprise's line now (src/line/standing.ts) */
+  standing?: ((record: MessageRecord) => Promise<MessageStanding>) | undefined;
 }
 
 /**
@@ -29,7 +32,7 @@ export function messageRoute(deps: MessageRouteDeps): Router {
 
   router.get('/messages/:id', async (req, res) => {
     const record = await authorisedMessage(deps, req, res);
-    res.json(messageJson(record));
+    res.json(messageJson(record, await deps.standing?.(record)));
   });
 
   router.delete('/messages/:id', async (req, res) => {
@@ -56,9 +59,7 @@ async function authorisedMessage(deps: MessageRouteDeps, req: Request, res: Resp
   const presented = req.query.key;
   const key = typeof presented === 'string' ? presented : undefined;
   const client = clientKey(req);
-  if (presented !== undefined && deps.throttle && (await throttleSays(deps.throttle, client, deps.logger, res))) {
-    throw new HttpError(429, `Too many failed credentials from this client: retry after ${res.getHeader('Retry-After') as string} s`);
-  }
+  if (presented !== undefined && deps.throttle && (await throttleSays(deps.throttle, client, deps.logger, res))) throw tooManyFailures(res);
   const record = await findMessage(deps.db, Number(raw));
   if (record && mayReadEnterprise(res, record.enterpriseNumber)) return record;
   if (record && key !== undefined && statusKeyMatches(record.statusKeyHashes, key)) return record;
@@ -74,7 +75,9 @@ function cancelledBy(res: Response): string {
   return 'caller (status link)';
 }
 
-function messageJson(record: MessageRecord) {
+/** `standing`: the message's place in its line now; without it, the row's own `not_before`. */
+function messageJson(record: MessageRecord, standing?: MessageStanding) {
+  const expectedSendAt = standing ? standing.expectedSendAt : !isFinal(record.status) ? record.notBefore : null;
   return {
     id: record.id,
     enterprise_number: record.enterpriseNumber,
@@ -94,6 +97,7 @@ function messageJson(record: MessageRecord) {
     sent_at: record.sentAt?.toISOString() ?? null,
     updated_at: record.updatedAt.toISOString(),
     resent_after_unknown: record.resentAfterUnknown,
-    expected_send_at: !isFinal(record.status) && record.notBefore ? record.notBefore.toISOString() : null,
+    expected_send_at: expectedSendAt?.toISOString() ?? null,
+    position: standing?.position ?? null,
   };
 }

@@ -109,7 +109,12 @@ export const messageSchema = z
     sent_at: z.string().nullable(),
     updated_at: z.string(),
     resent_after_unknown: z.boolean().meta({ description: 'Resent after WebSMS said an unknown attempt never arrived: a possible duplicate' }),
-    expected_send_at: z.string().nullable(),
+    expected_send_at: z.string().nullable().meta({ description: 'While it waits: when WebSMS is expected to receive it, computed from its place in its line now' }),
+    position: z
+      .number()
+      .int()
+      .nullable()
+      .meta({ description: "Messages of its enterprise that go before it (0: next, or being sent); null when finished or waiting to retry a failed attempt" }),
   });
 
 export const healthSchema = z

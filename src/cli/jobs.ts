@@ -152,7 +152,14 @@ async function main(): Promise<number> {
 
   const config = loadConfig();
   const deps = await createDeps(config, createLogger('error', process.stderr), 'api');
-  const ports: InspectionPorts = { db: deps.db, queue: deps.queue, redis: deps.redis, enqueue: deps.enqueue, websmsTimeoutMs: config.websms.timeoutMs };
+  const ports: InspectionPorts = {
+    db: deps.db,
+    queue: deps.queue,
+    redis: deps.redis,
+    enqueue: deps.enqueue,
+    websmsTimeoutMs: config.websms.timeoutMs,
+    takeOutOfLine: deps.takeOutOfLine,
+  };
   try {
     if (command === 'list') {
       const jobs = await listJobs(ports, { ...(states ? { states } : {}), enterprise: values.enterprise, limit });

@@ -17,6 +17,7 @@ import { addStatusKeyHash, findMessage, insertRefusedMessage, recordNeverQueued,
 import { newStatusKey, STATUS_KEYS_KEPT, statusUrl } from './status-key.ts';
 import { admitMessage } from './admission.ts';
 import { dailyCapMessage } from './daily-cap.ts';
+import type { MessageStanding } from '../line/standing.ts';
 import { IDEMPOTENCY_HEADER, KEY_REUSED_MESSAGE, requestHash } from './idempotency.ts';
 
 // Accepting a message: record it, queue it, and wait (bounded) for the worker's outcome.
@@ -47,10 +48,11 @@ export interface AcceptDeps {
   /** service_name of every row whose caller names itself neither by token nor by X-Service-Name */
   defaultServiceName: string;
   sendWaitMs: number;
-  enqueue: (messageId: number, enterpriseNumber: string) => Promise<void>;
+  /** Puts the message in its enterprise's line and queues it; says when it is expected to go (ms, Redis clock). */
+  enqueue: (messageId: number, enterpriseNumber: string) => Promise<{ etaMs: number } | void>;
   waitForJob: (messageId: number, deadlineMs: number) => WaitHandle;
-  /** ms until the enterprise's next free slot, for the expected send time of a queued message */
-  nextSlotInMs: (enterpriseNumber: string) => Promise<number>;
+  /** where a queued message stands in its enterprise's line, and when it is expected to go (src/line/standing.ts) */
+  standing: (record: MessageRecord) => Promise<MessageStanding>;
   /** how long an Idempotency-Key keeps naming its message; default 24 h */
   idempotencyRetentionS?: number;
   /** messages per enterprise per server-local day; undefined or 0: no cap */
@@ -123,7 +125,9 @@ export async function acceptMessage(deps: AcceptDeps, command: SendCommand, call
   const link = statusUrl(id, statusKey.key);
   const wait = command.wait && deps.sendWaitMs > 0 ? deps.waitForJob(id, deps.sendWaitMs) : undefined;
   try {
-    await deps.enqueue(id, command.enterpriseNumber);
+    const place = await deps.enqueue(id, command.enterpriseNumber);
+    // Its turn comes after the wait would end: answer 202 now instead of holding the caller for nothing.
+    if (place && place.etaMs > Date.now() + deps.sendWaitMs) wait?.cancel();
   } catch (error) {
     wait?.cancel();
     return queueUnavailable(deps, id, command, log, error);
@@ -221,7 +225,7 @@ async function answerRepeat(deps: AcceptDeps, id: number, sameRequest: boolean, 
 }
 
 /** The row as it stands: final → 200 with its result; otherwise 202 with when it should go out. */
-export async function answerFromRow(deps: Pick<AcceptDeps, 'db' | 'nextSlotInMs'>, id: number, link: string): Promise<SendAnswer> {
+export async function answerFromRow(deps: Pick<AcceptDeps, 'db' | 'standing'>, id: number, link: string): Promise<SendAnswer> {
   const record = await findMessage(deps.db, id);
   if (!record) throw new Error(`message ${id} vanished`);
   if (isFinal(record.status)) return finalAnswer(record.id, record.customId, recordOutcome(record), link);
@@ -233,14 +237,8 @@ function finalAnswer(id: number, customId: string | null, outcome: DeliveryOutco
   return { httpStatus: 200, body: outcomeEnvelope(id, customId, outcome, link) };
 }
 
-async function expectedSendAt(deps: Pick<AcceptDeps, 'nextSlotInMs'>, record: MessageRecord): Promise<Date> {
-  const now = Date.now();
-  if (record.notBefore && record.notBefore.getTime() > now) return record.notBefore;
-  try {
-    return new Date(now + (await deps.nextSlotInMs(record.enterpriseNumber)));
-  } catch {
-    return new Date(now);
-  }
+async function expectedSendAt(deps: Pick<AcceptDeps, 'standing'>, record: MessageRecord): Promise<Date> {
+  return (await deps.standing(record)).expectedSendAt ?? new Date();
 }
 
 /**

@@ -2,7 +2,7 @@ import { randomUUID } from 'node:crypto';
 import type { Db } from '../db/database.ts';
 import type { Logger } from '../logger.ts';
 import { maskPhone } from '../logger.ts';
-import type { RollingWindowLimiter } from '../limiter/rolling-window.ts';
+import { endTurn, leaveLine, takeTurn, type LinePorts } from '../line/turns.ts';
 import type { LookupOutcome, SendOutcome, WebsmsClient, WebsmsCredentials } from '../websms/client.ts';
 import { findEnterprise, notFoundMessage } from '../enterprises/repository.ts';
 import { parseCustomDomain } from '../enterprises/credentials.ts';
@@ -21,7 +21,8 @@ import {
   type Failure,
 } from './repository.ts';
 
-// Delivering one message: take a rate-limit slot, claim the row, call WebSMS, record the outcome.
+// Delivering one message: take its turn in its enterprise's line (src/line: order and rate limit), claim
+// the row, call WebSMS, end the turn, record the outcome.
 // Plain values in, a DeliveryStep out: the queue adapter (workers/) maps steps onto BullMQ.
 //
 // Retry safety (websms-api.md): an explicit WebSMS error is final except codes 1 and 7; a failure
@@ -31,7 +32,8 @@ import {
 export interface DeliveryDeps {
   db: Db;
   websms: WebsmsClient;
-  limiter: RollingWindowLimiter;
+  /** the enterprise's line: one send at a time, in order, within the rolling-window limit */
+  line: LinePorts;
   logger: Logger;
   defaultSender: string;
   /** WebSMS call budget; a row `sending` for longer than this plus a grace has no live call. */
@@ -56,7 +58,7 @@ export interface DeliveryMetrics {
   sendOutcome(enterpriseNumber: string, outcome: SendOutcomeLabel): void;
   /** One WebSMS send call took durationMs and ended this way. */
   websmsCall(durationMs: number, result: SendOutcome['kind']): void;
-  /** The rate limit made a message wait waitMs for its slot. */
+  /** The line (its enterprise's rate limit and the messages before it) made a message wait waitMs for its turn. */
   limiterWait(waitMs: number): void;
 }
 
@@ -67,6 +69,8 @@ export interface DeliveryAttempt {
   lastAttempt: boolean;
   /** The job's first run: the row is certainly not `sending` yet, so its state need not be read. */
   firstRun: boolean;
+  /** How long the message has waited in its enterprise's line before this first attempt (0: it did not). */
+  waitedInLineMs?: number | undefined;
   /** An acceptance from an earlier run whose recording failed (PostgreSQL was down). */
   stashedAcceptance?: Acceptance | undefined;
   /** Keeps an acceptance for the next run when it cannot be recorded now. */
@@ -98,20 +102,33 @@ export async function deliverMessage(deps: DeliveryDeps, attempt: DeliveryAttemp
     const state = await findSendingState(db, id);
     if (!state) return missingRow(deps, id);
     if (state.status === 'sending') return reconcile(deps, attempt, state.claimedAt, state.providerRef);
-    if (state.status !== 'pending' && state.status !== 'queued') return finishedFromRow(deps, id);
+    if (state.status !== 'pending' && state.status !== 'queued') {
+      // Finished elsewhere (an operator, a cancel): it must not hold up its line.
+      await leaveLine(deps.line, attempt.enterpriseNumber, id);
+      return finishedFromRow(deps, id);
+    }
   }
 
-  // Every attempt takes a slot, because WebSMS counts attempts. Redis down: this throws and
-  // nothing is sent (fail closed), never an over-limit burst.
-  const slot = await deps.limiter.acquire(attempt.enterpriseNumber, `${id}:${randomUUID()}`);
-  if (!slot.granted) {
-    deps.metrics?.limiterWait(slot.retryInMs);
-    await markWaitingForSlot(db, id, new Date(Date.now() + slot.retryInMs));
-    return { kind: 'wait', delayMs: slot.retryInMs, reason: 'rate limit' };
+  // Every attempt takes a turn and a grant, because WebSMS counts attempts. Redis down: this throws
+  // and nothing is sent (fail closed), never an over-limit burst.
+  const turn = await takeTurn(deps.line, attempt.enterpriseNumber, id, `${id}:${randomUUID()}`);
+  if (turn.kind === 'wait') {
+    await markWaitingForSlot(db, id, new Date(Math.max(Date.now(), turn.etaMs)));
+    return { kind: 'wait', delayMs: turn.delayMs, reason: turn.reason };
   }
+  if (turn.kind === 'not-waiting') {
+    const state = await findSendingState(db, id);
+    if (!state) return missingRow(deps, id);
+    if (state.status === 'sending') return reconcile(deps, attempt, state.claimedAt, state.providerRef);
+    return finishedFromRow(deps, id);
+  }
+
+  if (attempt.waitedInLineMs) deps.metrics?.limiterWait(attempt.waitedInLineMs);
 
   const claimed = await claimForSending(db, id);
   if (!claimed) {
+    // No call made: the turn passes on.
+    await leaveLine(deps.line, attempt.enterpriseNumber, id);
     const state = await findSendingState(db, id);
     if (!state) return missingRow(deps, id);
     if (state.status === 'sending') return reconcile(deps, attempt, state.claimedAt, state.providerRef);
@@ -121,17 +138,27 @@ export async function deliverMessage(deps: DeliveryDeps, attempt: DeliveryAttemp
   const credentials = parseCustomDomain(claimed.customDomain);
   if (!credentials || claimed.enterpriseActive === false) {
     // Configuration removed between acceptance and sending.
+    await leaveLine(deps.line, attempt.enterpriseNumber, id);
     deps.metrics?.sendOutcome(claimed.enterpriseNumber, 'failed');
     return fail(deps, claimed, { code: 'not_configured', message: notFoundMessage(claimed.enterpriseNumber) });
   }
 
   const callStartedMs = performance.now();
-  const outcome = await deps.websms.send(credentials, {
-    msisdn: claimed.phone.replace(/^\+/, ''),
-    text: claimed.text,
-    sender: claimed.sender ?? deps.defaultSender,
-    customId: claimed.providerRef,
-  });
+  let outcome: SendOutcome;
+  try {
+    outcome = await deps.websms.send(credentials, {
+      msisdn: claimed.phone.replace(/^\+/, ''),
+      text: claimed.text,
+      sender: claimed.sender ?? deps.defaultSender,
+      customId: claimed.providerRef,
+    });
+  } finally {
+    // The call is over, whatever it answered: the next message of the enterprise may go at its slot.
+    // Should Redis not answer now, the turn lapses by itself (turnTtlMs); the outcome must still be recorded.
+    await endTurn(deps.line, attempt.enterpriseNumber, id).catch((error: unknown) =>
+      deps.logger.warn({ messageId: id, err: error instanceof Error ? error.message : String(error) }, 'could not end the turn in the line; it lapses by itself'),
+    );
+  }
   deps.metrics?.websmsCall(performance.now() - callStartedMs, outcome.kind);
   return settle(deps, attempt, claimed, credentials, outcome);
 }
@@ -229,6 +256,8 @@ async function reconcile(
     // Another run may still be waiting for WebSMS on this very message (a stalled-job false alarm).
     return { kind: 'wait', delayMs: quietAfterMs - sinceClaimMs, reason: 'a call may be in flight' };
   }
+  // No call can be in flight any more: a turn its dead worker never ended passes on.
+  await leaveLine(deps.line, attempt.enterpriseNumber, id);
   const enterprise = await findEnterprise(deps.db, attempt.enterpriseNumber);
   const credentials = enterprise?.credentials;
   const log = { messageId: id, enterprise: attempt.enterpriseNumber };

@@ -20,6 +20,8 @@ export interface InspectionPorts {
   enqueue: (messageId: number, enterpriseNumber: string) => Promise<void>;
   /** WebSMS call budget: a row `sending` for longer than this plus a grace has no live call */
   websmsTimeoutMs: number;
+  /** Takes a closed message out of its enterprise's line, so the messages behind it move up (src/line). */
+  takeOutOfLine?: (messageId: number, enterpriseNumber: string) => Promise<void>;
 }
 
 export type ListableState = 'active' | 'waiting' | 'delayed' | 'failed' | 'completed';
@@ -177,6 +179,8 @@ async function act(ports: InspectionPorts, request: ActionRequest, action: keyof
   }
 
   const jobNote = await carryOutJobStep(ports, messageId, record.enterpriseNumber, jobFrom, plan.jobStep);
+  // Should Redis not answer now, the line heals by itself: whoever finds a closed message at its head takes it out.
+  if (closing) await ports.takeOutOfLine?.(messageId, record.enterpriseNumber).catch(() => undefined);
   return {
     kind: 'done',
     messageId,

@@ -282,7 +282,9 @@ describe('delayed jobs under the rate limit', () => {
       expect(job).toMatchObject({ enterprise_number: '0367', state: 'delayed', row_status: 'queued', last_error: 'waiting for a rate-limit slot of its enterprise' });
       const next = Date.parse(job.next_attempt_at as string);
       expect(next).toBeGreaterThan(startedAt);
-      expect(next).toBeLessThanOrEqual(Date.now() + 61_000);
+      // The third is two windows down its line; a job's own timer is one window after its expected slot
+      // (the send before it normally wakes it earlier, src/line).
+      expect(next).toBeLessThanOrEqual(Date.now() + 3 * 61_000);
     }
     expect(await jobsJson(env, '--state', 'delayed', '--enterprise', '0368')).toEqual([]);
 
