@@ -1,4 +1,5 @@
 import { sql } from 'kysely';
+import pinoPretty from 'pino-pretty';
 import { loadConfig } from './config.ts';
 import { createDb } from './db/database.ts';
 import { migrateToLatest } from './db/migrate.ts';
@@ -17,7 +18,13 @@ const sandbox = await startSandbox({
   latencyMs: Number(process.env.SANDBOX_LATENCY_MS ?? 50),
 });
 const config = loadConfig({ ...process.env, WEBSMS_BASE_URL: sandbox.url });
-const logger = createLogger(config.logLevel);
+// Human-readable lines for a person at a terminal, through pino's own pretty printer (a dev
+// dependency, imported only here). Redaction happens in pino before the printer sees a line; the
+// service proper (npm start) keeps writing one JSON object per line for log collectors.
+const logger = createLogger(
+  config.logLevel,
+  pinoPretty({ colorize: process.stdout.isTTY, translateTime: 'SYS:HH:MM:ss.l', ignore: 'pid,hostname', singleLine: true, sync: true }),
+);
 
 const db = createDb(config.databaseUrl, { max: 1 });
 await migrateToLatest(db);
