@@ -159,12 +159,15 @@ describe('enterprise line', () => {
   });
 
   it('a turn whose holder never ends it lapses, and the line moves on', async () => {
-    const line = newLine({ limit: 5, windowMs: 200, turnTtlMs: 300 });
+    // The TTL is long enough for a busy machine to see the turn held before it lapses.
+    const turnTtlMs = 1_500;
+    const line = newLine({ limit: 5, windowMs: 200, turnTtlMs });
     await line.join('E-1', 1);
     await line.join('E-1', 2);
+    const grantedAt = Date.now();
     expect(await line.take('E-1', 1, 't1')).toMatchObject({ kind: 'granted' });
     expect(await line.take('E-1', 2, 't2')).toMatchObject({ kind: 'busy' });
-    await sleep(350);
+    await sleep(Math.max(0, grantedAt + turnTtlMs + 100 - Date.now()));
     expect(await line.take('E-1', 2, 't2')).toMatchObject({ kind: 'granted' });
   });
 
@@ -184,18 +187,30 @@ describe('enterprise line', () => {
       const ttl = await redis.pttl(key);
       expect(ttl === -2 || (ttl >= 0 && ttl <= 2 * windowMs), `${key} ttl ${ttl}`).toBe(true);
     }
-    await sleep(2 * windowMs + 200);
-    expect(await keysUnder(prefix)).toEqual([]);
+    // Every key's TTL is at most two windows: they all go (Redis expires keys on its own schedule).
+    const left = async () => {
+      const keys = await keysUnder(prefix);
+      return keys.length === 0 ? keys : undefined;
+    };
+    let remaining: string[] | undefined;
+    const deadline = Date.now() + 2 * windowMs + 5_000;
+    while ((remaining = await left()) === undefined && Date.now() < deadline) await sleep(100);
+    expect(remaining ?? (await keysUnder(prefix))).toEqual([]);
   });
 
   it('widens the window by marginMs', async () => {
-    const line = newLine({ limit: 1, windowMs: 200, marginMs: 300 });
+    // A margin far wider than the window, so that a busy machine's pauses between the calls cannot
+    // blur which of the two the slot follows.
+    const windowMs = 200;
+    const marginMs = 3_000;
+    const line = newLine({ limit: 1, windowMs, marginMs });
     for (const id of [1, 2]) await line.join('E-1', id);
     expect(await line.take('E-1', 1, 'a')).toMatchObject({ kind: 'granted' });
     await line.finish('E-1', 1);
+    const finishedAt = Date.now();
     const denial = await line.take('E-1', 2, 'b');
-    expect(denial.kind === 'wait' && denial.slotInMs).toBeGreaterThan(400);
-    await sleep(250);
+    expect(denial.kind === 'wait' && denial.slotInMs).toBeGreaterThan(windowMs + marginMs - 1_000);
+    await sleep(Math.max(0, finishedAt + windowMs + 50 - Date.now()));
     expect(await line.take('E-1', 2, 'c')).toMatchObject({ kind: 'wait' });
   });
 

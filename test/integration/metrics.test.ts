@@ -154,8 +154,12 @@ describe('/health worker and backlog fields', () => {
 
     const { status, json } = await postJson(baseUrl, '/send', { enterprise_number: '0367', phone: PHONE, text: 'waits for a worker' });
     expect(status).toBe(202);
-    await new Promise((r) => setTimeout(r, 1_200));
-    const waiting = await health();
+    // The oldest waiting message's age grows while no worker runs: wait until it reaches a second.
+    const waiting = await eventually(async () => {
+      const answer = await health();
+      return (answer.json.oldest_waiting_age_s as number) >= 1 ? answer : undefined;
+    });
+    expect(waiting.status).toBe(503);
     expect(waiting.json.oldest_waiting_age_s).toBeGreaterThanOrEqual(1);
 
     // A worker comes back: the message goes out and the service is healthy again.
@@ -186,13 +190,14 @@ describe('worker heartbeats and counters in Redis', () => {
   });
 
   it('drops a worker that stopped beating without saying so (killed) once its TTL has passed', async () => {
-    const heartbeat = startWorkerHeartbeat(redis, prefix, () => ({ processed: 3, droppedMetricWrites: 0 }), { intervalMs: 60_000, ttlMs: 300 });
+    // One beat, never renewed. The TTL leaves a busy machine time to see the worker alive first.
+    const heartbeat = startWorkerHeartbeat(redis, prefix, () => ({ processed: 3, droppedMetricWrites: 0 }), { intervalMs: 60_000, ttlMs: 2_000 });
     const alive = await eventually(async () => {
       const workers = await readLiveWorkers(redis, prefix);
       return workers.length === 1 ? workers : undefined;
     });
     expect(alive[0]).toMatchObject({ pid: process.pid, processed: 3 });
-    await new Promise((r) => setTimeout(r, 500));
+    await eventually(async () => ((await readLiveWorkers(redis, prefix)).length === 0 ? true : undefined));
     expect(await readLiveWorkers(redis, prefix)).toEqual([]);
     expect(await redis.smembers(metricsKeys(prefix).workers)).toEqual([]);
     await heartbeat.stop();

@@ -103,16 +103,26 @@ describe('service processes', () => {
 
   it('on SIGTERM answers waiting callers at once with 202 and the message id, and loses nothing', async () => {
     const port = await freePort();
-    const limits = { RATE_LIMIT_PER_WINDOW: '1', RATE_LIMIT_WINDOW_MS: '4000', RATE_LIMIT_MARGIN_MS: '0', SEND_WAIT_MS: '20000' };
+    // The second message's slot is a whole window away (10 s): far beyond the 3 s in which the API
+    // must answer it after SIGTERM, even on a busy machine, so the answer is the drain's, not the slot's.
+    const limits = { RATE_LIMIT_PER_WINDOW: '1', RATE_LIMIT_WINDOW_MS: '10000', RATE_LIMIT_MARGIN_MS: '0', SEND_WAIT_MS: '20000' };
     start('worker', serviceEnv(port, limits));
     const api = start('api', serviceEnv(port, limits));
     await waitForHttp(`http://127.0.0.1:${port}/health`);
     const base = `http://127.0.0.1:${port}`;
     expect((await postJson(base, '/send', { enterprise_number: '0367', phone: PHONE, text: 'drain first' })).status).toBe(200);
 
-    // This one waits for its slot (about 4 s away) when the API is told to stop.
-    const waiting = postJson(base, '/send', { enterprise_number: '0367', phone: PHONE, text: 'drain second' });
-    await new Promise((r) => setTimeout(r, 500));
+    // This one waits for its slot (about 10 s away) when the API is told to stop: admitted (its row
+    // exists) and still unanswered.
+    let answered = false;
+    const waiting = postJson(base, '/send', { enterprise_number: '0367', phone: PHONE, text: 'drain second' }).finally(() => {
+      answered = true;
+    });
+    await eventually(async () => {
+      const row = await env.db.selectFrom('user_sms_send').select('id').where('text', '=', 'drain second').executeTakeFirst();
+      return row === undefined ? undefined : true;
+    });
+    expect(answered, 'the second caller still waits for its slot').toBe(false);
     const signalledAt = Date.now();
     api.child.kill('SIGTERM');
     const answer = await waiting;
@@ -125,7 +135,7 @@ describe('service processes', () => {
     const row = await eventually(async () => {
       const r = await env.db.selectFrom('user_sms_send').select(['status']).where('id', '=', String(answer.json.id)).executeTakeFirst();
       return r?.status === 'success' ? r : undefined;
-    }, 15_000);
+    }, 30_000);
     expect(row.status).toBe('success');
     expect(env.sandbox.acceptedSends().filter((c) => c.text === 'drain second')).toHaveLength(1);
   });
