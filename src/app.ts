@@ -13,6 +13,7 @@ import { balanceRoute } from './api/balance-route.ts';
 import { reportRoutes } from './api/report-routes.ts';
 import type { AdminCredentials } from './api/admin-auth.ts';
 import type { BalancePorts } from './enterprises/balance.ts';
+import type { BalanceCache } from './balance-watch/balance-cache.ts';
 import { sendRoute } from './api/send-route.ts';
 import { serviceRoutes, type HealthProbes, type ServiceInfo } from './api/service-routes.ts';
 import { metricsRoute, type MetricsRouteDeps } from './api/metrics-route.ts';
@@ -32,6 +33,8 @@ export interface AppDeps {
   requestRateLimiter?: RequestRateLimiter | undefined;
   /** WebSMS balance reads for GET /enterprises/{number}/balance; undefined: that route is not mounted */
   websmsBalance?: BalancePorts['websms'] | undefined;
+  /** the balance watch's cache, which that route answers from; undefined: it always asks WebSMS */
+  balanceCache?: BalanceCache | undefined;
   /** ADMIN_USER/ADMIN_PASSWORD for the operator surfaces; undefined: operators are direct local peers (access.ts) */
   admin?: AdminCredentials | undefined;
   /** failed credentials per client (Redis); undefined: not counted */
@@ -63,7 +66,7 @@ export function buildApp(deps: AppDeps): Express {
   app.use(serviceRoutes(deps.info, deps.probes));
   app.use(sendRoute(deps.accept));
   app.use(messageRoute({ db: deps.db, logger: deps.logger, cancel: deps.cancelMessage, throttle: deps.credentialThrottle, standing: deps.accept.standing }));
-  if (deps.websmsBalance) app.use(balanceRoute({ db: deps.db, websms: deps.websmsBalance }));
+  if (deps.websmsBalance) app.use(balanceRoute({ db: deps.db, websms: deps.websmsBalance, cache: deps.balanceCache }));
   app.use(reportRoutes(deps.db));
   if (deps.metrics) app.use(metricsRoute(deps.metrics));
   if (deps.dashboard) app.use(dashboardRoutes(deps.dashboard));

@@ -23,7 +23,16 @@ export interface QueueMonitor {
   prometheusText: () => Promise<string>;
 }
 
-export function createQueueMonitor(redis: Redis, queue: Queue, prefix: string, now: () => number = Date.now): QueueMonitor {
+/**
+ * More families for the scrape, each read on its own: one that fails is left out and flagged in
+ * user_sms_metrics_source_up{source=name}, like the built-in sources.
+ */
+export interface MetricSource {
+  name: string;
+  read(): Promise<MetricFamily[]>;
+}
+
+export function createQueueMonitor(redis: Redis, queue: Queue, prefix: string, now: () => number = Date.now, sources: readonly MetricSource[] = []): QueueMonitor {
   const monitor: QueueMonitor = {
     jobCounts: () => queue.getJobCounts(...QUEUE_STATES),
     async oldestWaitingAgeMs() {
@@ -34,11 +43,9 @@ export function createQueueMonitor(redis: Redis, queue: Queue, prefix: string, n
     },
     liveWorkers: () => readLiveWorkers(redis, prefix),
     async prometheusText() {
-      const [counters, counts, oldestMs, workers] = await Promise.allSettled([
-        readCounters(redis, prefix),
-        monitor.jobCounts(),
-        monitor.oldestWaitingAgeMs(),
-        monitor.liveWorkers(),
+      const [[counters, counts, oldestMs, workers], extra] = await Promise.all([
+        Promise.allSettled([readCounters(redis, prefix), monitor.jobCounts(), monitor.oldestWaitingAgeMs(), monitor.liveWorkers()]),
+        Promise.allSettled(sources.map((source) => source.read())),
       ]);
       const families: MetricFamily[] = [];
       if (counters.status === 'fulfilled') families.push(...counterFamilies(counters.value));
@@ -52,6 +59,7 @@ export function createQueueMonitor(redis: Redis, queue: Queue, prefix: string, n
         });
       }
       if (workers.status === 'fulfilled') families.push(...workerFamilies(workers.value));
+      for (const result of extra) if (result.status === 'fulfilled') families.push(...result.value);
       // A source that cannot be read is left out and flagged, rather than failing the whole scrape.
       families.push({
         name: 'user_sms_metrics_source_up',
@@ -61,6 +69,7 @@ export function createQueueMonitor(redis: Redis, queue: Queue, prefix: string, n
           { labels: { source: 'counters' }, value: counters.status === 'fulfilled' ? 1 : 0 },
           { labels: { source: 'queue' }, value: counts.status === 'fulfilled' && oldestMs.status === 'fulfilled' ? 1 : 0 },
           { labels: { source: 'workers' }, value: workers.status === 'fulfilled' ? 1 : 0 },
+          ...sources.map((source, i) => ({ labels: { source: source.name }, value: extra[i]!.status === 'fulfilled' ? 1 : 0 })),
         ],
       });
       return formatFamilies(families) + (await processRegistry().metrics());

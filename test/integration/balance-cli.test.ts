@@ -206,8 +206,8 @@ describe('npm run balance -- --all', () => {
 });
 
 describe('GET /enterprises/{number}/balance', () => {
-  const get = async (number: string) => {
-    const response = await fetch(`${apiUrl}/enterprises/${number}/balance`);
+  const get = async (number: string, query = '') => {
+    const response = await fetch(`${apiUrl}/enterprises/${number}/balance${query}`);
     const text = await response.text();
     outputs.push(text);
     return { status: response.status, body: JSON.parse(text) as Record<string, unknown> };
@@ -216,7 +216,12 @@ describe('GET /enterprises/{number}/balance', () => {
   it('answers the balance as JSON for the CRM', async () => {
     const { status, body } = await get('0367');
     expect(status).toBe(200);
-    expect(body).toEqual({ enterprise_number: '0367', enterprise_name: 'june', websms_user: DEMO_USER, sms: 39.056508, viber: 0, total: 39.056508, currency: 'BYN' });
+    const { refreshed_at: refreshedAt, age_s: ageS, cached, ...balance } = body;
+    expect(balance).toEqual({ enterprise_number: '0367', enterprise_name: 'june', websms_user: DEMO_USER, sms: 39.056508, viber: 0, total: 39.056508, currency: 'BYN' });
+    // Where the figures come from: the balance watch's cache (or WebSMS just now), and how old they are.
+    expect(Date.parse(refreshedAt as string)).toBeGreaterThan(0);
+    expect(ageS).toBeTypeOf('number');
+    expect(cached).toBeTypeOf('boolean');
   });
 
   it('answers 404 with the envelope for unknown, unconfigured and inactive enterprises', async () => {
@@ -234,7 +239,8 @@ describe('GET /enterprises/{number}/balance', () => {
     expect(refused.body.error).toMatch(/WebSMS error 4: Invalid user or apikey/);
     env.sandbox.setLatency(env.config.websms.timeoutMs + 2_000);
     try {
-      const slow = await get('0367');
+      // Asked of WebSMS now, not answered from the cache.
+      const slow = await get('0367', '?fresh=true');
       expect(slow.status).toBe(502);
       expect(slow.body).toMatchObject({ success: false, error_code: 'timeout' });
     } finally {
