@@ -91,7 +91,7 @@ export function identify(policy: AccessPolicy): RequestHandler {
     if (bearer) {
       const token = findToken(apiTokens!, bearer[1]!);
       if (token) {
-        access.caller = { name: token.name, enterprises: token.enterprises };
+        access.caller = { name: token.name, enterprises: token.enterprises, ...(token.callbackUrl === undefined ? {} : { callbackUrl: token.callbackUrl }) };
         return next();
       }
     } else {

@@ -1,5 +1,6 @@
 import { createHash, timingSafeEqual } from 'node:crypto';
 import type { ApiCaller } from './caller.ts';
+import { callbackUrlProblem } from '../callbacks/callback-hosts.ts';
 
 // API tokens (API_TOKENS), off unless configured, since the old service's callers send no
 // credentials. When on, POST /send needs `Authorization: Bearer <token>`; each token names its caller
@@ -24,9 +25,10 @@ export function hashApiToken(token: string): Buffer {
 
 /**
  * `API_TOKENS="crm:<sha256 hex>:0367,0368;billing:<sha256 hex>:*"`: entries separated by `;` or new
- * lines, each `name:sha256:enterprises` where enterprises is `*` or a comma list. One name may have
- * several tokens (rotation); one token may not have several names. Throws naming the entry, never
- * echoing the hash.
+ * lines, each `name:sha256:enterprises` where enterprises is `*` or a comma list, optionally followed
+ * by `:<callback_url>`, the default callback_url of that caller's messages (everything after the third
+ * colon; it may not contain `;`). One name may have several tokens (rotation); one token may not have
+ * several names. Throws naming the entry, never echoing the hash.
  */
 export function parseApiTokens(value: string): ApiToken[] {
   const entries = value
@@ -38,8 +40,9 @@ export function parseApiTokens(value: string): ApiToken[] {
   return entries.map((entry, index) => {
     const where = `entry ${index + 1}`;
     const parts = entry.split(':').map((part) => part.trim());
-    if (parts.length !== 3) throw new Error(`${where}: expected name:sha256:enterprises (enterprises "*" for all)`);
+    if (parts.length < 3) throw new Error(`${where}: expected name:sha256:enterprises[:callback_url] (enterprises "*" for all)`);
     const [name, hash, scope] = parts as [string, string, string];
+    const callbackUrl = parts.length > 3 ? entry.slice(entry.indexOf(':', entry.indexOf(':', entry.indexOf(':') + 1) + 1) + 1).trim() : undefined;
     if (!NAME.test(name)) throw new Error(`${where}: the name must be 1–50 letters, digits, ".", "_" or "-"`);
     if (!SHA256_HEX.test(hash)) throw new Error(`${where} (${name}): the token must be given as its SHA-256, 64 hex digits`);
     const lower = hash.toLowerCase();
@@ -51,7 +54,9 @@ export function parseApiTokens(value: string): ApiToken[] {
       if (numbers.some((n) => !ENTERPRISE.test(n))) throw new Error(`${where} (${name}): enterprises must be "*" or a comma list of enterprise numbers`);
       enterprises = new Set(numbers);
     }
-    return { name, sha256: Buffer.from(lower, 'hex'), enterprises };
+    const urlProblem = callbackUrl === undefined ? undefined : callbackUrlProblem(callbackUrl);
+    if (urlProblem) throw new Error(`${where} (${name}): the callback_url ${urlProblem}`);
+    return { name, sha256: Buffer.from(lower, 'hex'), enterprises, ...(callbackUrl === undefined ? {} : { callbackUrl }) };
   });
 }
 

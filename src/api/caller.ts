@@ -8,6 +8,8 @@ import { accessOf } from './access.ts';
 export interface ApiCaller {
   name: string;
   enterprises: 'all' | ReadonlySet<string>;
+  /** the callback_url of this caller's messages that name none (API_TOKENS' optional fourth field) */
+  callbackUrl?: string;
 }
 
 /** Set by the authentication middleware (access.ts); absent when no valid token was presented. */

@@ -4,6 +4,7 @@ import { createLogger } from '../logger.ts';
 import { dropMessage, LISTABLE_STATES, listJobs, retryMessage, type ActionResult, type InspectionPorts, type JobView, type ListableState } from '../queue/inspection.ts';
 import { EXIT, parseCommandLine, parsePositiveInteger, runCommand, UsageError } from './args.ts';
 import { formatLocalTime, formatTable } from './table.ts';
+import { CALLBACK_USAGE, listCallbacksCommand, parseCallbackStates, retryCallbackCommand } from './callback-commands.ts';
 
 // `npm run jobs`: retry inspection. What the send queue holds and why, and a retry or drop of one
 // message, recorded on its row (operator_actions). State is in Redis and PostgreSQL only, so this
@@ -12,6 +13,7 @@ import { formatLocalTime, formatTable } from './table.ts';
 const USAGE = `usage: npm run jobs -- list [--state <state>[,<state>...]] [--enterprise <number>] [--limit <n>] [--json]
        npm run jobs -- retry <message_id> [--reason <text>] [--json]
        npm run jobs -- drop <message_id> [--reason <text>] [--json]
+${CALLBACK_USAGE}
 
   list     jobs by state: ${LISTABLE_STATES.join(', ')}. Without --state: what needs attention —
            active, waiting, delayed and failed jobs, and completed jobs whose message did not succeed
@@ -132,6 +134,7 @@ async function main(): Promise<number> {
   const { values, positionals } = parseCommandLine(process.argv.slice(2), {
     state: { type: 'string', multiple: true },
     enterprise: { type: 'string' },
+    message: { type: 'string' },
     limit: { type: 'string' },
     reason: { type: 'string' },
     json: { type: 'boolean', default: false },
@@ -142,7 +145,9 @@ async function main(): Promise<number> {
     return EXIT.ok;
   }
   const command = positionals[0];
-  if (command !== 'list' && command !== 'retry' && command !== 'drop') throw new UsageError(command ? `unknown command "${command}"` : 'give a command: list, retry or drop');
+  if (command === 'callbacks' || command === 'retry-callback') return callbackCommand(command, positionals, values);
+  if (values.message !== undefined) throw new UsageError('--message applies to callbacks only');
+  if (command !== 'list' && command !== 'retry' && command !== 'drop') throw new UsageError(command ? `unknown command "${command}"` : 'give a command: list, retry, drop, callbacks or retry-callback');
   if (command === 'list' && positionals.length !== 1) throw new UsageError('list takes no positional arguments');
   if (command !== 'list' && (values.state || values.enterprise || values.limit)) throw new UsageError('--state, --enterprise and --limit apply to list only');
   if (command === 'list' && values.reason !== undefined) throw new UsageError('--reason applies to retry and drop only');
@@ -173,6 +178,33 @@ async function main(): Promise<number> {
   } finally {
     await deps.close();
   }
+}
+
+async function callbackCommand(
+  command: 'callbacks' | 'retry-callback',
+  positionals: string[],
+  values: { state?: string[] | undefined; enterprise?: string | undefined; message?: string | undefined; limit?: string | undefined; reason?: string | undefined; json?: boolean | undefined },
+): Promise<number> {
+  if (values.enterprise !== undefined || values.reason !== undefined) throw new UsageError('--enterprise and --reason do not apply to callbacks');
+  if (command === 'callbacks' && positionals.length !== 1) throw new UsageError('callbacks takes no positional arguments');
+  if (command === 'retry-callback' && (values.state || values.message || values.limit)) throw new UsageError('--state, --message and --limit apply to callbacks only');
+  const states = parseCallbackStates(values.state);
+  const limit = values.limit === undefined ? 200 : parsePositiveInteger(values.limit, '--limit', 10_000);
+  const messageId = values.message === undefined ? undefined : parsePositiveInteger(values.message, '--message', Number.MAX_SAFE_INTEGER);
+  const eventId = command === 'retry-callback' ? parseEventId(positionals) : 0;
+  const config = loadConfig();
+  const deps = await createDeps(config, createLogger('error', process.stderr), 'api');
+  try {
+    if (command === 'callbacks') return await listCallbacksCommand(deps, { states, messageId, limit, json: values.json ?? false });
+    return await retryCallbackCommand(deps, eventId, values.json ?? false);
+  } finally {
+    await deps.close();
+  }
+}
+
+function parseEventId(positionals: string[]): number {
+  if (positionals.length !== 2) throw new UsageError('retry-callback takes exactly one event id');
+  return parsePositiveInteger(positionals[1] ?? '', 'event id', Number.MAX_SAFE_INTEGER);
 }
 
 await runCommand(USAGE, main);

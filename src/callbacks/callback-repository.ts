@@ -1,0 +1,278 @@
+import { sql } from 'kysely';
+import type { Db } from '../db/database.ts';
+
+// All SQL on callback_events, and the one read of a message an event needs. One function per
+// statement, the database first. Raw SQL: the table belongs to this room alone.
+//
+// Glossary
+// - event: one change of a message that its caller asked to hear about (message.sent …), a row here
+//   before it is a queue job; its body is fixed when it is raised and sent byte for byte each time.
+// - attempt: one POST of an event to its callback_url; every attempt carries the event's webhook-id.
+// - head: a message's oldest pending event; only the head is delivered, so one message's events
+//   arrive in order.
+// - given up: an event whose retry window ended without a 2xx; an operator may retry it.
+
+export type CallbackEventStatus = 'pending' | 'delivered' | 'given_up';
+
+/** What an event carries about its message: never the phone, the text or a key. */
+export interface MessageSnapshot {
+  id: number;
+  enterpriseNumber: string;
+  status: string;
+  deliveryStatus: string | null;
+  websmsMessageId: number | null;
+  customId: string | null;
+  price: number | null;
+  parts: number | null;
+  amount: number | null;
+  error: string | null;
+  sentAt: Date | null;
+  deliveredAt: Date | null;
+  callbackUrl: string;
+  /** send attempts + operator actions: tells a repeat of the same outcome from a later change */
+  revision: number;
+}
+
+const toNumber = (value: string | number | null): number | null => (value === null ? null : Number(value));
+
+/**
+ * The message as an event describes it, when it has a callback_url. delivery_status and delivered_at
+ * are read through to_jsonb so that this works with or without the delivery-status columns
+ * (src/delivery/), and whatever their timestamp type.
+ */
+export async function findMessageSnapshot(db: Db, messageId: number): Promise<MessageSnapshot | undefined> {
+  const result = await sql<{
+    id: string;
+    enterprise_number: string;
+    status: string;
+    delivery_status: string | null;
+    message_id: string | null;
+    custom_id: string | null;
+    price: string | null;
+    parts: number | null;
+    amount: string | null;
+    error_message: string | null;
+    sent_at: Date | null;
+    delivered_at: Date | null;
+    callback_url: string;
+    revision: number;
+  }>`
+    SELECT m.id, m.enterprise_number, m.status, m.message_id, m.custom_id, m.price, m.parts, m.amount, m.error_message,
+           m.sent_at AT TIME ZONE current_setting('TimeZone') AS sent_at,
+           to_jsonb(m) ->> 'delivery_status' AS delivery_status,
+           (to_jsonb(m) ->> 'delivered_at')::timestamptz AS delivered_at,
+           m.callback_url,
+           (m.attempts + jsonb_array_length(m.operator_actions))::int AS revision
+    FROM user_sms_send m
+    WHERE m.id = ${String(messageId)} AND m.callback_url IS NOT NULL`.execute(db);
+  const row = result.rows[0];
+  if (!row) return undefined;
+  return {
+    id: Number(row.id),
+    enterpriseNumber: row.enterprise_number,
+    status: row.status,
+    deliveryStatus: row.delivery_status,
+    websmsMessageId: toNumber(row.message_id),
+    customId: row.custom_id,
+    price: toNumber(row.price),
+    parts: row.parts,
+    amount: toNumber(row.amount),
+    error: row.error_message,
+    sentAt: row.sent_at,
+    deliveredAt: row.delivered_at,
+    callbackUrl: row.callback_url,
+    revision: row.revision,
+  };
+}
+
+export interface NewCallbackEvent {
+  messageId: number;
+  type: string;
+  revision: number;
+  webhookId: string;
+  url: string;
+  body: string;
+  createdAt: Date;
+}
+
+/** The new event's id; undefined when this change of this message was already raised. */
+export async function insertEvent(db: Db, event: NewCallbackEvent): Promise<number | undefined> {
+  const result = await sql<{ id: string }>`
+    INSERT INTO callback_events (message_id, type, revision, webhook_id, url, body, created_at, window_start_at, next_attempt_at)
+    VALUES (${String(event.messageId)}, ${event.type}, ${event.revision}, ${event.webhookId}, ${event.url}, ${event.body},
+            ${event.createdAt}, ${event.createdAt}, ${event.createdAt})
+    ON CONFLICT (message_id, type, revision) DO NOTHING
+    RETURNING id`.execute(db);
+  const row = result.rows[0];
+  return row ? Number(row.id) : undefined;
+}
+
+/**
+ * Whether no earlier event of the message is still pending. A separate statement from the write before
+ * it, on purpose: whoever raises an event and whoever finishes the one before it each write, then look;
+ * at least one of them sees the other's write and queues the event.
+ */
+export async function isHead(db: Db, messageId: number, eventId: number): Promise<boolean> {
+  const result = await sql<{ earlier: boolean }>`
+    SELECT EXISTS (
+      SELECT 1 FROM callback_events
+      WHERE message_id = ${String(messageId)} AND status = 'pending' AND id < ${String(eventId)}
+    ) AS earlier`.execute(db);
+  return result.rows[0]?.earlier === false;
+}
+
+/** The message's oldest pending event, if any. */
+export async function findHead(db: Db, messageId: number): Promise<number | undefined> {
+  const result = await sql<{ id: string }>`
+    SELECT id FROM callback_events
+    WHERE message_id = ${String(messageId)} AND status = 'pending'
+    ORDER BY id LIMIT 1`.execute(db);
+  const row = result.rows[0];
+  return row ? Number(row.id) : undefined;
+}
+
+export interface CallbackEvent {
+  id: number;
+  messageId: number;
+  type: string;
+  webhookId: string;
+  url: string;
+  body: string;
+  status: CallbackEventStatus;
+  attempts: number;
+  createdAt: Date;
+  windowStartAt: Date;
+  nextAttemptAt: Date;
+  lastAttemptAt: Date | null;
+  lastError: string | null;
+  lastHttpStatus: number | null;
+  finishedAt: Date | null;
+}
+
+interface EventRow {
+  id: string;
+  message_id: string;
+  type: string;
+  webhook_id: string;
+  url: string;
+  body: string;
+  status: CallbackEventStatus;
+  attempts: number;
+  created_at: Date;
+  window_start_at: Date;
+  next_attempt_at: Date;
+  last_attempt_at: Date | null;
+  last_error: string | null;
+  last_http_status: number | null;
+  finished_at: Date | null;
+}
+
+function toEvent(row: EventRow): CallbackEvent {
+  return {
+    id: Number(row.id),
+    messageId: Number(row.message_id),
+    type: row.type,
+    webhookId: row.webhook_id,
+    url: row.url,
+    body: row.body,
+    status: row.status,
+    attempts: row.attempts,
+    createdAt: row.created_at,
+    windowStartAt: row.window_start_at,
+    nextAttemptAt: row.next_attempt_at,
+    lastAttemptAt: row.last_attempt_at,
+    lastError: row.last_error,
+    lastHttpStatus: row.last_http_status,
+    finishedAt: row.finished_at,
+  };
+}
+
+const EVENT_COLUMNS = sql`id, message_id, type, webhook_id, url, body, status, attempts, created_at, window_start_at,
+  next_attempt_at, last_attempt_at, last_error, last_http_status, finished_at`;
+
+export async function findEvent(db: Db, eventId: number): Promise<CallbackEvent | undefined> {
+  const result = await sql<EventRow>`SELECT ${EVENT_COLUMNS} FROM callback_events WHERE id = ${String(eventId)}`.execute(db);
+  const row = result.rows[0];
+  return row ? toEvent(row) : undefined;
+}
+
+export interface AttemptRecord {
+  httpStatus: number | null;
+  error: string | null;
+}
+
+/** pending → delivered. False when the event was not pending any more. */
+export async function recordDelivered(db: Db, eventId: number, attempt: AttemptRecord): Promise<boolean> {
+  const result = await sql`
+    UPDATE callback_events SET
+      status = 'delivered', attempts = attempts + 1, last_attempt_at = now(), finished_at = now(),
+      last_http_status = ${attempt.httpStatus}, last_error = ${attempt.error}
+    WHERE id = ${String(eventId)} AND status = 'pending'`.execute(db);
+  return (result.numAffectedRows ?? 0n) > 0n;
+}
+
+/** A failed attempt of a pending event; it stays pending until nextAttemptAt. */
+export async function recordFailedAttempt(db: Db, eventId: number, attempt: AttemptRecord & { nextAttemptAt: Date }): Promise<boolean> {
+  const result = await sql`
+    UPDATE callback_events SET
+      attempts = attempts + 1, last_attempt_at = now(), next_attempt_at = ${attempt.nextAttemptAt},
+      last_http_status = ${attempt.httpStatus}, last_error = ${attempt.error}
+    WHERE id = ${String(eventId)} AND status = 'pending'`.execute(db);
+  return (result.numAffectedRows ?? 0n) > 0n;
+}
+
+/** pending → given_up, after a last failed attempt. */
+export async function recordGivenUp(db: Db, eventId: number, attempt: AttemptRecord): Promise<boolean> {
+  const result = await sql`
+    UPDATE callback_events SET
+      status = 'given_up', attempts = attempts + 1, last_attempt_at = now(), finished_at = now(),
+      last_http_status = ${attempt.httpStatus}, last_error = ${attempt.error}
+    WHERE id = ${String(eventId)} AND status = 'pending'`.execute(db);
+  return (result.numAffectedRows ?? 0n) > 0n;
+}
+
+/** given_up → pending with a fresh retry window, due now (an operator's retry). */
+export async function reopenGivenUp(db: Db, eventId: number): Promise<boolean> {
+  const result = await sql`
+    UPDATE callback_events SET status = 'pending', window_start_at = now(), next_attempt_at = now(), finished_at = NULL
+    WHERE id = ${String(eventId)} AND status = 'given_up'`.execute(db);
+  return (result.numAffectedRows ?? 0n) > 0n;
+}
+
+/** Heads overdue by more than graceMs: their job may have been lost (the sweeper checks). */
+export async function findOverdueHeads(db: Db, graceMs: number, limit: number): Promise<Array<{ id: number; messageId: number }>> {
+  const result = await sql<{ id: string; message_id: string }>`
+    SELECT e.id, e.message_id FROM callback_events e
+    WHERE e.status = 'pending' AND e.next_attempt_at < now() - make_interval(secs => ${graceMs / 1000})
+      AND NOT EXISTS (
+        SELECT 1 FROM callback_events p WHERE p.message_id = e.message_id AND p.status = 'pending' AND p.id < e.id)
+    ORDER BY e.next_attempt_at
+    LIMIT ${limit}`.execute(db);
+  return result.rows.map((row) => ({ id: Number(row.id), messageId: Number(row.message_id) }));
+}
+
+export interface EventFilter {
+  statuses: readonly CallbackEventStatus[];
+  messageId?: number | undefined;
+  limit: number;
+}
+
+/** Newest first. */
+export async function listEvents(db: Db, filter: EventFilter): Promise<CallbackEvent[]> {
+  const result = await sql<EventRow>`
+    SELECT ${EVENT_COLUMNS} FROM callback_events
+    WHERE status = ANY(${[...filter.statuses]}::text[])
+      ${filter.messageId === undefined ? sql`` : sql`AND message_id = ${String(filter.messageId)}`}
+    ORDER BY id DESC
+    LIMIT ${filter.limit}`.execute(db);
+  return result.rows.map(toEvent);
+}
+
+/** Events pending and given up right now (the /metrics gauge). */
+export async function countOpenEvents(db: Db): Promise<{ pending: number; givenUp: number }> {
+  const result = await sql<{ pending: string; given_up: string }>`
+    SELECT count(*) FILTER (WHERE status = 'pending') AS pending, count(*) FILTER (WHERE status = 'given_up') AS given_up
+    FROM callback_events WHERE status IN ('pending', 'given_up')`.execute(db);
+  const row = result.rows[0];
+  return { pending: Number(row?.pending ?? 0), givenUp: Number(row?.given_up ?? 0) };
+}

@@ -1,0 +1,113 @@
+import { randomUUID } from 'node:crypto';
+import type { Db } from '../db/database.ts';
+import type { Logger } from '../logger.ts';
+import type { MessageStatus } from '../db/database.ts';
+import { findMessageSnapshot, insertEvent, isHead, type MessageSnapshot } from './callback-repository.ts';
+
+// Raising an event for a message whose caller gave a callback_url: recorded in PostgreSQL first (so a
+// Redis that loses its jobs loses no event: the callback sweeper queues it again), then queued for
+// delivery if it is its message's oldest pending event (the others follow it, in order).
+// Messages without a callback_url cost one indexed read and raise nothing.
+
+export const MESSAGE_EVENT_TYPES = ['message.sent', 'message.failed', 'message.unknown', 'message.delivered', 'message.undelivered'] as const;
+export type MessageEventType = (typeof MESSAGE_EVENT_TYPES)[number];
+
+export interface CallbackEmitPorts {
+  db: Db;
+  logger: Logger;
+  /** Queues the delivery of one event (the callback queue). Its failure is logged; the sweeper re-queues. */
+  queueDelivery: (eventId: number, messageId: number) => Promise<void>;
+}
+
+export type EmitResult =
+  | { kind: 'no-callback' }
+  /** this change of this message was raised before (a re-run of the same outcome) */
+  | { kind: 'already-raised' }
+  | { kind: 'recorded'; eventId: number; queued: boolean };
+
+/** The body every receiver gets: no phone, no text, no key. */
+export interface MessageEventBody {
+  type: MessageEventType;
+  timestamp: string;
+  data: {
+    id: number;
+    enterprise_number: string;
+    status: string;
+    delivery_status: string | null;
+    message_id: number | null;
+    custom_id: string | null;
+    price: number | null;
+    parts: number | null;
+    amount: number | null;
+    error: string | null;
+    sent_at: string | null;
+    delivered_at: string | null;
+  };
+}
+
+export function eventBody(type: MessageEventType, message: MessageSnapshot, at: Date): MessageEventBody {
+  return {
+    type,
+    timestamp: at.toISOString(),
+    data: {
+      id: message.id,
+      enterprise_number: message.enterpriseNumber,
+      status: message.status,
+      delivery_status: message.deliveryStatus,
+      message_id: message.websmsMessageId,
+      custom_id: message.customId,
+      price: message.price,
+      parts: message.parts,
+      amount: message.amount,
+      error: message.error,
+      sent_at: message.sentAt?.toISOString() ?? null,
+      delivered_at: message.deliveredAt?.toISOString() ?? null,
+    },
+  };
+}
+
+/**
+ * Records `type` for message `messageId` (as the row stands now) and queues its delivery. Idempotent:
+ * raising the same change twice (a job that runs again) records one event. Throws only when
+ * PostgreSQL cannot record it, so the caller's job is retried and the event is not lost.
+ */
+export async function emitMessageEvent(ports: CallbackEmitPorts, messageId: number, type: MessageEventType): Promise<EmitResult> {
+  const message = await findMessageSnapshot(ports.db, messageId);
+  if (!message) return { kind: 'no-callback' };
+  const at = new Date();
+  const eventId = await insertEvent(ports.db, {
+    messageId,
+    type,
+    revision: message.revision,
+    webhookId: `msg_${randomUUID().replaceAll('-', '')}`,
+    url: message.callbackUrl,
+    body: JSON.stringify(eventBody(type, message, at)),
+    createdAt: at,
+  });
+  if (eventId === undefined) return { kind: 'already-raised' };
+  let queued = false;
+  try {
+    if (await isHead(ports.db, messageId, eventId)) {
+      await ports.queueDelivery(eventId, messageId);
+      queued = true;
+    }
+  } catch (error) {
+    ports.logger.warn({ messageId, eventId, type, err: error instanceof Error ? error.message : String(error) }, 'callback event recorded but not queued; the callback sweeper will queue it');
+  }
+  ports.logger.debug({ messageId, eventId, type, queued }, 'callback event raised');
+  return { kind: 'recorded', eventId, queued };
+}
+
+/** The event a final send outcome raises (the send worker calls this once the outcome is recorded). */
+export function sendOutcomeEvent(status: MessageStatus): MessageEventType | undefined {
+  switch (status) {
+    case 'success':
+      return 'message.sent';
+    case 'failed':
+      return 'message.failed';
+    case 'unknown':
+      return 'message.unknown';
+    default:
+      return undefined;
+  }
+}
