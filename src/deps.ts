@@ -80,7 +80,12 @@ export async function createDeps(config: Config, logger: Logger, role: 'api' | '
     const delay = Math.max(0, place.slotInMs) + (place.wakesItself ? 0 : backstopMs);
     await queue.add(SEND_JOB, { messageId, enterpriseNumber }, { ...sendJobOptions(messageId, policy), delay });
     // Waiting for its turn: the row says so, and until when (operators and `jobs list` read it there).
-    if (delay > 0) await markWaitingForSlot(db, messageId, new Date(Math.max(Date.now(), place.etaMs)));
+    // Only a note: the message is queued whether or not PostgreSQL takes it now.
+    if (delay > 0) {
+      await markWaitingForSlot(db, messageId, new Date(Math.max(Date.now(), place.etaMs))).catch((error: unknown) =>
+        logger.warn({ messageId, err: error instanceof Error ? error.message : String(error) }, 'could not note the expected send time on the row'),
+      );
+    }
     if (!place.wakesItself) {
       // The send before it may have ended between the join and the add, and found no job to wake.
       const head = await line.headToWake(enterpriseNumber);

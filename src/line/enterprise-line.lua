@@ -133,11 +133,11 @@ if op == 'take' then
     if position > 0 then
       local slot, c = slotAt(position, nil)
       local head = redis.call('ZRANGE', line, 0, 0)[1]
-      -- How long the head has been free to go without going. Nobody told it to go (a rebuild put it
-      -- there): count it as overdue, so the caller makes sure it has a job.
-      local overdue = window
+      -- How long the head has been free to go without going; -1: nobody is known to have told it to go
+      -- (a rebuild put it there, or that record expired), so the caller makes sure it can go.
+      local overdue = -1
       if redis.call('HGET', meta, 'next') == head then overdue = now - tonumber(redis.call('HGET', meta, 'nextAt')) end
-      -- {'behind', position, eta, delay, head, ms the head is overdue}
+      -- {'behind', position, eta, delay, head, ms the head is overdue or -1}
       return { 'behind', position, eta(slot, c), slot - now, head, overdue }
     end
   end

@@ -65,8 +65,8 @@ export type TakeResult =
   | ({ kind: 'wait' } & LinePlace)
   /** another send of the enterprise is in flight; its end wakes the next head */
   | ({ kind: 'busy' } & LinePlace)
-  /** not the head; `headOverdueMs` > 0: the head has been free to go that long without going */
-  | ({ kind: 'behind'; head: number; headOverdueMs: number } & LinePlace)
+  /** not the head; `headOverdueMs` > 0: the head has been free to go that long without going; null: nobody is known to have told it to go */
+  | ({ kind: 'behind'; head: number; headOverdueMs: number | null } & LinePlace)
   /** not in the line (a retry, or Redis lost the line): rejoin, or rebuild the line from the rows */
   | { kind: 'absent' };
 
@@ -149,7 +149,7 @@ export function createEnterpriseLine(redis: Redis, options: EnterpriseLineOption
         case 'busy':
           return { kind: 'busy', ...place(reply, 1) };
         case 'behind':
-          return { kind: 'behind', ...place(reply, 1), head: num(reply[4], 'head'), headOverdueMs: num(reply[5], 'overdue') };
+          return { kind: 'behind', ...place(reply, 1), head: num(reply[4], 'head'), headOverdueMs: reply[5] === -1 ? null : num(reply[5], 'overdue') };
         case 'absent':
           return { kind: 'absent' };
         default:

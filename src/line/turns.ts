@@ -51,7 +51,7 @@ export async function takeTurn(ports: LinePorts, enterprise: string, messageId: 
       case 'busy':
         return { kind: 'wait', delayMs: Math.max(0, taken.slotInMs) + ports.backstopMs, etaMs: taken.etaMs, reason: 'another message of the enterprise is being sent' };
       case 'behind':
-        if (taken.headOverdueMs > HEAD_OVERDUE_MS && (await lookAfterHead(ports, enterprise, taken.head)) === 'removed') continue;
+        if ((taken.headOverdueMs === null || taken.headOverdueMs > HEAD_OVERDUE_MS) && (await lookAfterHead(ports, enterprise, taken.head)) === 'removed') continue;
         return { kind: 'wait', delayMs: Math.max(0, taken.slotInMs) + ports.backstopMs, etaMs: taken.etaMs, reason: `waiting in line (position ${taken.position})` };
       case 'absent': {
         if (rebuilt) return { kind: 'not-waiting' };

@@ -16,7 +16,7 @@ import { renderChart, type LatencySeries } from './chart.ts';
 import { closedLoop, roundRobinSource } from './load.ts';
 import { findRedisPid } from './measurements.ts';
 import { parseOptions, usage, type BenchOptions } from './options.ts';
-import { startStack, type MemoryResult, type OverheadResult, type RateLimitResult, type ScaleResult, type ThroughputResult } from './phases.ts';
+import { startStack, type LinesResult, type MemoryResult, type OverheadResult, type RateLimitResult, type ScaleResult, type ThroughputResult } from './phases.ts';
 import { evaluateTargets, renderTable, type BenchDocument } from './report.ts';
 import { ACCOUNTS, seedEnterprises, startBench, type Bench } from './stack.ts';
 
@@ -25,6 +25,9 @@ const THROUGHPUT = 'T';
 const LIMITED = 'R0';
 const OTHER = 'O';
 const SCALE = 'S';
+const LINE = 'L';
+const LINE_PROBE = 'P';
+const LINE_PROBES = 2_000;
 const OTHER_ENTERPRISES = 5_000;
 // The service's default limit, under which the throughput runs are made.
 const REAL_LIMIT = { limit: 3, windowMs: 60_000 };
@@ -97,6 +100,7 @@ async function run(): Promise<number> {
   let memory: MemoryResult | null = null;
   let rateLimit: RateLimitResult | null = null;
   let scale: ScaleResult | null = null;
+  let lines: LinesResult | null = null;
   const wants = (phase: BenchOptions['phases'][number]) => options.phases.includes(phase);
 
   if (wants('throughput') || wants('overhead') || wants('soak')) {
@@ -176,6 +180,38 @@ async function run(): Promise<number> {
     checks.push(...stack.checks);
   }
 
+  if (wants('lines')) {
+    await seedEnterprises(bench, LINE, 0, options.lines, ACCOUNTS.limited);
+    await seedEnterprises(bench, LINE_PROBE, 0, LINE_PROBES, ACCOUNTS.service);
+    const env = {
+      ...concurrency,
+      RATE_LIMIT_PER_WINDOW: String(options.rateLimit),
+      RATE_LIMIT_WINDOW_MS: String(options.linesWindowMs),
+      RATE_LIMIT_MARGIN_MS: String(options.linesMarginMs),
+    };
+    log(`lines stack: API + ${options.rateWorkers} workers, ${options.lines} lines of ${options.lineLength}, ${options.rateLimit} per ${options.linesWindowMs} ms (+${options.linesMarginMs} ms)`);
+    const stack = await startStack(bench, 'l', options.rateWorkers, env, options, ledger, redisPid);
+    await stack.measure(
+      () => closedLoop({ label: 'warm-up', origin: stack.service.apiUrl, target: 'service', source: roundRobinSource(LINE_PROBE, LINE_PROBES, 1_000), connections: options.connections, amount: 300 }),
+      'lines warm-up',
+    );
+    lines = await stack.lines(LINE, options.lines, options.lineLength, LINE_PROBE, LINE_PROBES);
+    log(
+      `  runs per message ${lines.runsPerMessage.mean.toFixed(2)} (max ${lines.runsPerMessage.max}), ${lines.outOfOrderPairs} pairs out of order, ` +
+        `ETA error p50 ${lines.etaErrorMs.p50.toFixed(0)} ms p95 ${lines.etaErrorMs.p95.toFixed(0)} ms, ${lines.windowsOverLimit} windows over, ` +
+        `slowest line ${(lines.drainMs / 1000).toFixed(1)} s (window + margin allow ${(lines.allowedDrainMs / 1000).toFixed(1)} s), ` +
+        `other enterprises p50 ${lines.otherEnterprise.latencyMs.p50.toFixed(0)} ms p99 ${lines.otherEnterprise.latencyMs.p99.toFixed(0)} ms, ` +
+        `CPU ${lines.cpu.serviceTotal.toFixed(2)} ms per message`,
+    );
+    checks.push({
+      name: 'each line reached WebSMS in id order',
+      passed: lines.outOfOrderPairs === 0,
+      detail: `${lines.enterprises} lines of ${lines.perEnterprise}: ${lines.outOfOrderPairs} pairs out of order`,
+    });
+    await stack.service.stop();
+    checks.push(...stack.checks);
+  }
+
   // Correctness over everything this run sent.
   const counts = await waitForFinalStates(bench.sql, 30_000);
   checks.push({ name: 'every message reached a final state', passed: counts.unfinished === 0, detail: `${counts.total} messages: ${JSON.stringify(counts.byStatus)}` });
@@ -194,7 +230,11 @@ async function run(): Promise<number> {
     detail: `${matched.successRows} success rows, ${matched.acceptedCalls} accepted calls, ${matched.missing} rows without a call`,
   });
   const limits = await limitViolations(bench.sql, ledger, (enterprise) =>
-    enterprise.startsWith(THROUGHPUT) ? REAL_LIMIT : { limit: options.rateLimit, windowMs: options.rateWindowMs },
+    enterprise.startsWith(THROUGHPUT)
+      ? REAL_LIMIT
+      : enterprise.startsWith(LINE)
+        ? { limit: options.rateLimit, windowMs: options.linesWindowMs }
+        : { limit: options.rateLimit, windowMs: options.rateWindowMs },
   );
   checks.push({
     name: 'no enterprise over its limit in any rolling window (as WebSMS received the calls)',
@@ -230,6 +270,7 @@ async function run(): Promise<number> {
     memory,
     rateLimit,
     scale,
+    lines,
   };
   const passed = checks.every((c) => c.passed);
   const doc: BenchDocument = { ...partial, targets: evaluateTargets(partial), checks, passed };

@@ -4,7 +4,7 @@ import { parseArgs } from 'node:util';
 // clients, sandbox at 0 ms and 100 ms, enough enterprises that the real limit (3 per 60 s) never
 // binds during the throughput runs, a 30-message backlog over 3 workers for the limit.
 
-export const PHASES = ['throughput', 'overhead', 'soak', 'ratelimit', 'scale'] as const;
+export const PHASES = ['throughput', 'overhead', 'soak', 'ratelimit', 'scale', 'lines'] as const;
 export type Phase = (typeof PHASES)[number];
 
 export interface BenchOptions {
@@ -32,6 +32,11 @@ export interface BenchOptions {
   /** sandbox latency during the limit and scale phases */
   rateLatencyMs: number;
   scaleEnterprises: number;
+  /** the lines phase: `lines` enterprises with `lineLength` messages each, drained by `rateWorkers` workers */
+  lines: number;
+  lineLength: number;
+  linesWindowMs: number;
+  linesMarginMs: number;
   phases: Phase[];
   logLevel: string;
   /** NODE_OPTIONS for the API and worker processes (e.g. V8 heap flags) */
@@ -63,6 +68,10 @@ const HELP = `npm run bench -- [options]
   --rate-margin-ms <ms>     RATE_LIMIT_MARGIN_MS there (default 100)
   --rate-latency <ms>       sandbox latency in the rate-limit and scale phases (default 100)
   --scale-enterprises <n>   distinct enterprises in the scale phase (default 10000; quick 1000)
+  --lines <n>               lines phase: enterprises with a long line each (default 20; quick 5)
+  --line-length <n>         messages per line (default 500; quick 40)
+  --lines-window-ms <ms>    window of the lines phase, 3 per window (default 1000)
+  --lines-margin-ms <ms>    margin of the lines phase (default 50)
   --phases <list>           subset of ${PHASES.join(',')} (default: all)
   --log-level <level>       LOG_LEVEL of the service processes (default info, as in production)
   --node-options <flags>    NODE_OPTIONS for the API and worker processes (e.g. "--max-semi-space-size=8")
@@ -106,6 +115,10 @@ export function parseOptions(argv: string[], env: NodeJS.ProcessEnv = process.en
       'rate-margin-ms': { type: 'string' },
       'rate-latency': { type: 'string' },
       'scale-enterprises': { type: 'string' },
+      lines: { type: 'string' },
+      'line-length': { type: 'string' },
+      'lines-window-ms': { type: 'string' },
+      'lines-margin-ms': { type: 'string' },
       phases: { type: 'string' },
       'log-level': { type: 'string' },
       'node-options': { type: 'string' },
@@ -147,6 +160,10 @@ export function parseOptions(argv: string[], env: NodeJS.ProcessEnv = process.en
     rateMarginMs: integer('rate-margin-ms', values['rate-margin-ms'], 100, true),
     rateLatencyMs: integer('rate-latency', values['rate-latency'], 100, true),
     scaleEnterprises: integer('scale-enterprises', values['scale-enterprises'], quick ? 1_000 : 10_000),
+    lines: integer('lines', values.lines, quick ? 5 : 20),
+    lineLength: integer('line-length', values['line-length'], quick ? 40 : 500),
+    linesWindowMs: integer('lines-window-ms', values['lines-window-ms'], 1_000),
+    linesMarginMs: integer('lines-margin-ms', values['lines-margin-ms'], 50, true),
     phases: phases as Phase[],
     logLevel: values['log-level'] ?? 'info',
     nodeOptions: values['node-options'],

@@ -97,6 +97,32 @@ export interface RateLimitResult {
   otherEnterprise: { probes: number; latencyMs: LatencySummary; statuses: Record<string, number>; samples: Array<{ atMs: number; latencyMs: number }> };
 }
 
+export interface LinesResult {
+  enterprises: number;
+  perEnterprise: number;
+  workers: number;
+  limit: number;
+  windowMs: number;
+  marginMs: number;
+  latencyMs: number;
+  /** how long accepting every message took (one stream per enterprise, ?wait=false) */
+  acceptMs: number;
+  /** job runs (BullMQ attemptsStarted) per message */
+  runsPerMessage: { mean: number; max: number };
+  /** pairs of one enterprise's messages WebSMS received in the opposite order to their ids */
+  outOfOrderPairs: number;
+  /** |WebSMS's arrival − the 202's expected_send_at| */
+  etaErrorMs: LatencySummary;
+  /** the 202's expected_send_at minus WebSMS's arrival: > 0 early, < 0 late */
+  etaSignedErrorMs: LatencySummary;
+  windowsOverLimit: number;
+  /** the slowest line, first to last arrival, and what window + margin allow for it */
+  drainMs: number;
+  allowedDrainMs: number;
+  otherEnterprise: { probes: number; latencyMs: LatencySummary; statuses: Record<string, number> };
+  cpu: CpuPerMessage;
+}
+
 export interface ScaleResult {
   enterprises: number;
   /** the baseline run: half as many messages over this many enterprises */
@@ -324,6 +350,104 @@ export class StackRunner {
         statuses,
         samples: probes.map((p) => ({ atMs: p.atMs, latencyMs: Math.round(p.latencyMs * 10) / 10 })),
       },
+    };
+  }
+
+  /**
+   * Long lines (issue 8): `enterprises` enterprises accept `perEnterprise` messages each at once, and
+   * the stack's workers drain them while other enterprises send one message each. Measures the order
+   * WebSMS received each line in, job runs per message, the 202's expected times against WebSMS's
+   * arrival times, windows over the limit, the drain rate, the other enterprises' latency and CPU.
+   */
+  async lines(linePrefix: string, enterprises: number, perEnterprise: number, probePrefix: string, probeEnterprises: number): Promise<LinesResult> {
+    const { rateLimit: limit, linesWindowMs: windowMs, linesMarginMs: marginMs, rateLatencyMs: latencyMs } = this.options;
+    await this.bench.sandbox.setLatency(latencyMs);
+    const cpuStart = await this.meter.snapshot();
+    const messagesBefore = await messageCount(this.bench);
+    const started = Date.now();
+    // One stream per enterprise, so each line's ids follow its acceptance order, as a CRM's would.
+    const accepted = (
+      await Promise.all(
+        Array.from({ length: enterprises }, async (_, e) => {
+          const mine: Array<{ id: number; expectedAt: number }> = [];
+          for (let i = 0; i < perEnterprise; i += 1) {
+            const answer = await sendOne(this.service.apiUrl, { enterprise_number: `${linePrefix}${e}`, phone: `+37529${String(4_000_000 + e * 10_000 + i)}`, text: `Line ${e} #${i}` }, '?wait=false');
+            if (answer.status !== 202) throw new Error(`lines: message ${i} of ${linePrefix}${e} answered ${answer.status}: ${JSON.stringify(answer.body)}`);
+            mine.push({ id: Number(answer.body.id), expectedAt: Date.parse(String(answer.body.expected_send_at)) });
+          }
+          return mine;
+        }),
+      )
+    ).flat();
+    const acceptMs = Date.now() - started;
+
+    const probes: Array<{ latencyMs: number; status: number }> = [];
+    const deadline = started + (Math.ceil(perEnterprise / limit) + 5) * (windowMs + marginMs + latencyMs) + 60_000;
+    for (let k = 0; ; k += 1) {
+      const { rows: left } = await this.bench.sql.query<{ n: string }>(
+        "SELECT count(*) AS n FROM user_sms_send WHERE enterprise_number LIKE $1 AND status IN ('pending', 'queued', 'sending')",
+        [`${linePrefix}%`],
+      );
+      if (Number(left[0]?.n ?? 0) === 0 || Date.now() > deadline) break;
+      const probe = await sendOne(this.service.apiUrl, { enterprise_number: `${probePrefix}${k % probeEnterprises}`, phone: `+37529${5_000_000 + k}`, text: `Other enterprise ${k}` });
+      probes.push({ latencyMs: probe.latencyMs, status: probe.status });
+      await new Promise((r) => setTimeout(r, Math.max(0, 100 - probe.latencyMs)));
+    }
+    await this.settle('lines', 120_000);
+    const cpu = perMessage(CpuMeter.between(cpuStart, await this.meter.snapshot()), (await messageCount(this.bench)) - messagesBefore);
+
+    const ids = accepted.map((a) => a.id);
+    const { rows } = await this.bench.sql.query<{ id: string; enterprise_number: string; provider_ref: string | null }>(
+      'SELECT id, enterprise_number, provider_ref FROM user_sms_send WHERE id = ANY($1::bigint[])',
+      [ids],
+    );
+    const pipeline = this.bench.redis.pipeline();
+    for (const id of ids) pipeline.hget(`${this.service.prefix}:user-sms-send:m${id}`, 'ats');
+    const runs = ((await pipeline.exec()) ?? []).map(([, value]) => Number(value ?? 0));
+    const expectedById = new Map(accepted.map((a) => [a.id, a.expectedAt]));
+    const byEnterprise = new Map<string, Array<{ id: number; at: number }>>();
+    const errors: number[] = [];
+    const signed: number[] = [];
+    for (const row of rows) {
+      const arrivals = (row.provider_ref && this.ledger.timesOf(row.provider_ref)) || [];
+      const list = byEnterprise.get(row.enterprise_number) ?? [];
+      for (const at of arrivals) list.push({ id: Number(row.id), at });
+      byEnterprise.set(row.enterprise_number, list);
+      const expectedAt = expectedById.get(Number(row.id));
+      if (arrivals.length === 1 && expectedAt !== undefined) {
+        errors.push(Math.abs(arrivals[0]! - expectedAt));
+        signed.push(expectedAt - arrivals[0]!);
+      }
+    }
+    let outOfOrderPairs = 0;
+    let windowsOverLimit = 0;
+    let drainMs = 0;
+    for (const list of byEnterprise.values()) {
+      list.sort((a, b) => a.at - b.at);
+      for (let i = 0; i < list.length; i += 1) for (let j = i + 1; j < list.length; j += 1) if (list[i]!.id > list[j]!.id) outOfOrderPairs += 1;
+      windowsOverLimit += windowViolations(list.map((a) => a.at), limit, windowMs);
+      if (list.length > 1) drainMs = Math.max(drainMs, list.at(-1)!.at - list[0]!.at);
+    }
+    const statuses: Record<string, number> = {};
+    for (const p of probes) statuses[p.status] = (statuses[p.status] ?? 0) + 1;
+    return {
+      enterprises,
+      perEnterprise,
+      workers: this.service.workers.length,
+      limit,
+      windowMs,
+      marginMs,
+      latencyMs,
+      acceptMs,
+      runsPerMessage: { mean: runs.reduce((a, b) => a + b, 0) / Math.max(1, runs.length), max: Math.max(0, ...runs) },
+      outOfOrderPairs,
+      etaErrorMs: summarise(errors),
+      etaSignedErrorMs: summarise(signed),
+      windowsOverLimit,
+      drainMs,
+      allowedDrainMs: (Math.ceil(perEnterprise / limit) - 1) * (windowMs + marginMs),
+      otherEnterprise: { probes: probes.length, latencyMs: summarise(probes.map((p) => p.latencyMs)), statuses },
+      cpu,
     };
   }
 

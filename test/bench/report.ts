@@ -2,7 +2,7 @@ import type { CheckResult } from './checks.ts';
 import type { LatencySummary } from './load.ts';
 import { GROUPS } from './measurements.ts';
 import type { BenchOptions } from './options.ts';
-import type { CpuPerMessage, MemoryResult, MemorySample, OverheadResult, RateLimitResult, ScaleResult, ThroughputResult } from './phases.ts';
+import type { CpuPerMessage, LinesResult, MemoryResult, MemorySample, OverheadResult, RateLimitResult, ScaleResult, ThroughputResult } from './phases.ts';
 
 // The JSON document and the table printed from it. Targets are issue 5's; a missed target is
 // reported, a failed check fails the run.
@@ -22,6 +22,8 @@ export interface BenchDocument {
   memory: MemoryResult | null;
   rateLimit: RateLimitResult | null;
   scale: ScaleResult | null;
+  /** long lines (issue 8): order, runs per message, expected-time error, limit */
+  lines?: LinesResult | null;
   targets: TargetResult[];
   checks: CheckResult[];
   passed: boolean;

@@ -33,10 +33,12 @@ describe('Redis stopped and restarted mid-load: fast 503s while down, nothing lo
     for (let i = 0; i < 6; i += 1) for (const e of h.enterprises) before.push(await h.send({ enterprise: e, wait: false }));
     for (const answer of before) expect(answer.status, answer.error ?? answer.text).toBe(202);
     const inFlight = h.enterprises.length;
-    await waitFor('one call in flight per enterprise and the rest of the jobs waiting', 10_000, async () => {
+    // On a busy machine the first calls may end before the last message is accepted: then the next of
+    // each line is in flight, and fewer wait. What matters is calls in flight and jobs waiting.
+    const waitingAtKill = await waitFor('one call in flight per enterprise and the rest of the jobs waiting', 10_000, async () => {
       const rows = await h.rows();
       const waiting = rows.filter((r) => r.status === 'pending' || r.status === 'queued');
-      return rows.filter((r) => r.status === 'sending').length === inFlight && waiting.length === before.length - inFlight;
+      return rows.filter((r) => r.status === 'sending').length === inFlight && waiting.length >= before.length - 2 * inFlight ? waiting.length : undefined;
     });
 
     await h.redis!.kill();
@@ -98,7 +100,7 @@ describe('Redis stopped and restarted mid-load: fast 503s while down, nothing lo
     }
     // The jobs of the rows left waiting died with Redis: only the sweeper can have brought them back.
     const swept = h.logs().filter((line) => line.includes('sweeper re-enqueued'));
-    expect(swept.length, 'rows whose jobs Redis lost, re-enqueued by the sweeper').toBeGreaterThanOrEqual(before.length - inFlight);
+    expect(swept.length, 'rows whose jobs Redis lost, re-enqueued by the sweeper').toBeGreaterThanOrEqual(waitingAtKill);
     // Waiting in their lines (`queued`, never attempted): nothing but the rows said they existed.
     expect(swept.filter((line) => line.includes('"status":"queued"')).length, 'among them rows waiting in their lines').toBeGreaterThan(0);
   });

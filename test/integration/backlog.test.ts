@@ -2,6 +2,8 @@ import { Queue } from 'bullmq';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { createTestEnv, DEMO_KEY, DEMO_USER, eventually, postJson, type TestEnv } from '../support/context.ts';
 import { spawnRole, type ServiceProcess } from '../support/service-processes.ts';
+import { createEnterpriseLine } from '../../src/line/enterprise-line.ts';
+import { insertPendingMessage, recordFailed } from '../../src/messages/repository.ts';
 
 // A backlog is a line: one enterprise's messages reach WebSMS in acceptance order, each job runs about
 // once, the 202's expected send time is honest, and the limit holds as WebSMS's arrival times show it.
@@ -36,7 +38,7 @@ describe('a backlog of one enterprise, drained by 3 worker processes', () => {
     };
     env = await createTestEnv(settings);
     const others = [...OTHERS, ...WARM_UP];
-    for (const number of ['0367', '0369', '0370', ...others]) await env.seedEnterprise({ number, customDomain: `${DEMO_USER} ${DEMO_KEY}` });
+    for (const number of ['0367', '0369', '0370', '0371', ...others]) await env.seedEnterprise({ number, customDomain: `${DEMO_USER} ${DEMO_KEY}` });
     // The API in this process, the workers as the real thing: separate processes sharing one Redis.
     baseUrl = (await env.startService({ workers: 0 })).api!.url;
     const workerEnv = {
@@ -162,5 +164,22 @@ describe('a backlog of one enterprise, drained by 3 worker processes', () => {
     const arrivedAt = sent.at(-1)!.at;
     console.info(`after a cancel ahead: expected ${afterAt - arrivedAt} ms from WebSMS's arrival time (before the cancel: ${beforeAt - arrivedAt} ms)`);
     expect(Math.abs(arrivedAt - afterAt)).toBeLessThan(500);
+  });
+
+  it('a message closed without leaving its line (no job, row failed) does not hold the line up for good', async () => {
+    // A message in the line whose row was closed and whose job is gone: what a cancel leaves behind
+    // when Redis could not be told, or an enqueue cut off between its two steps.
+    const stuck = await insertPendingMessage(env.db, { enterpriseNumber: '0371', enterpriseName: null, phone: PHONE, text: 'stuck', sender: 'Vochi-CRM', customId: null, serviceName: null, requestIp: null, userAgent: null });
+    const line = createEnterpriseLine(env.redis, { keyPrefix: env.config.queuePrefix, limit: LIMIT, windowMs: WINDOW_MS, marginMs: MARGIN_MS, turnTtlMs: 10_000 });
+    await line.join('0371', stuck);
+    await recordFailed(env.db, stuck, { code: 'cancelled', message: 'closed behind the line' });
+
+    const started = Date.now();
+    const r = await postJson(baseUrl, '/send?wait=false', { enterprise_number: '0371', phone: PHONE, text: 'behind the stuck one' });
+    expect(r.status).toBe(202);
+    await eventually(() => (env.sandbox.acceptedSends().some((c) => c.text === 'behind the stuck one') ? true : undefined), 10 * WINDOW_MS, 100);
+    console.info(`a closed message at the head of its line was taken out after ${Date.now() - started} ms`);
+    expect(workers.flatMap((w) => w.output()).some((l) => l.includes('line head is no longer waiting') && l.includes(`"messageId":${stuck}`))).toBe(true);
+    expect(env.sandbox.acceptedSends().some((c) => c.text === 'stuck')).toBe(false);
   });
 });
