@@ -1,25 +1,17 @@
-import { z } from 'zod';
 import { parseAllowedHosts, type AllowedHost } from './callback-hosts.ts';
 
-// The callback settings: their part of the environment schema (config.ts is the only reader of
-// process.env and merges these in) and their cross-checks. Every budget carries its unit.
+// The callback settings, from their environment variables (validated by config.ts, the only reader of
+// process.env), with the checks that span several of them.
 
-const integer = (min: number, max: number) => z.coerce.number().int().min(min).max(max);
-
-export const callbackEnvironment = {
-  // Empty (the default): callbacks are off, and a callback_url is refused.
-  CALLBACK_ALLOWED_HOSTS: z.string().optional(),
-  // Standard Webhooks secret, `whsec_` + base64; required once callbacks are on.
-  CALLBACK_SIGNING_SECRET: z.string().optional(),
-  // One delivery attempt, connection to last byte of the answer.
-  CALLBACK_TIMEOUT_MS: integer(100, 120_000).default(10_000),
-  // The first retry comes after this; each next one after twice the previous wait, at most an hour.
-  CALLBACK_RETRY_BACKOFF_MS: integer(10, 3_600_000).default(10_000),
-  // How long an event is retried before it is given up (operators can retry it: npm run jobs).
-  CALLBACK_RETRY_FOR_S: integer(1, 30 * 86_400).default(86_400),
-  // Deliveries in flight per worker process: modest, they wait on other people's servers.
-  CALLBACK_CONCURRENCY: integer(1, 200).default(8),
-};
+/** The CALLBACK_* variables as config.ts's schema has parsed them. */
+export interface CallbackEnvironment {
+  CALLBACK_ALLOWED_HOSTS?: string | undefined;
+  CALLBACK_SIGNING_SECRET?: string | undefined;
+  CALLBACK_TIMEOUT_MS: number;
+  CALLBACK_RETRY_BACKOFF_MS: number;
+  CALLBACK_RETRY_FOR_S: number;
+  CALLBACK_CONCURRENCY: number;
+}
 
 export interface CallbackSettings {
   /** empty: callbacks are off */
@@ -31,8 +23,6 @@ export interface CallbackSettings {
   readonly retryForS: number;
   readonly concurrency: number;
 }
-
-type CallbackEnvironment = z.infer<z.ZodObject<typeof callbackEnvironment>>;
 
 /** Secrets of 24–64 bytes, as the Standard Webhooks specification asks. */
 const SECRET = /^whsec_([A-Za-z0-9+/]+={0,2})$/;
