@@ -27,23 +27,20 @@ local function parseTurn()
   return { id = owner, token = token, entitled = tonumber(entitled) }
 end
 
--- ms from a send's slot to the end of its call: the median of the last few (how long the next send in a
--- round waits for the one before), and their minimum (how long sends take when nothing gets in the way).
+-- ms from a send's slot to the end of its call: the median of the last few.
 local function overheadMs()
-  local values = redis.call('HMGET', meta, 'c', 'cmin')
-  return tonumber(values[1] or '0') or 0, tonumber(values[2] or '0') or 0
+  return tonumber(redis.call('HGET', meta, 'c') or '0') or 0
 end
 
 -- Slot of the send at `position` (0 = the line's head): when it may take its grant. Computed, never
 -- booked, so a cancel or a send that ends early moves everyone behind it forward by itself.
 -- Each future send p: s(p) = max(now, end(p-1), e(p-limit) + window), where a send ends c after its slot
--- and counts from e = its slot + max(margin, cmin). While sends take less than the margin, rounds are
+-- and counts from e = its slot + max(margin, c). While sends take less than the margin, rounds are
 -- exactly window + margin apart, so an expected time stays right however far down the line it is.
 local function slotAt(position, turn)
-  local c, cmin = overheadMs()
-  -- A round is window + margin long, or longer when even the quickest recent send took longer than the
-  -- margin. (Not the median: a slow start must not stretch every expected time down the line.)
-  local step = math.max(margin, cmin)
+  local c = overheadMs()
+  -- A round is window + margin long, or window + c when sends take longer than the margin.
+  local step = math.max(margin, c)
   local counts = {}
   local chainEnd = now
   if turn then chainEnd = math.max(now, turn.entitled + c) end
@@ -182,7 +179,7 @@ if op == 'finish' or op == 'leave' then
       local sorted = {}
       for i, value in ipairs(samples) do sorted[i] = value end
       table.sort(sorted)
-      redis.call('HSET', meta, 'samples', table.concat(samples, ','), 'c', sorted[math.floor((#sorted + 1) / 2)], 'cmin', sorted[1])
+      redis.call('HSET', meta, 'samples', table.concat(samples, ','), 'c', sorted[math.floor((#sorted + 1) / 2)])
       keepAlive()
     end
   end
