@@ -1,5 +1,8 @@
 import { z } from 'zod';
 import { parseApiTokens, type ApiToken } from './api/auth.ts';
+import { callbackSettings, type CallbackSettings } from './callbacks/callback-settings.ts';
+import { callbackHostProblem } from './callbacks/callback-hosts.ts';
+import { parseSchedule } from './delivery/delivery-status.ts';
 
 // The only reader of process.env. Every budget carries its unit in its name.
 
@@ -83,8 +86,31 @@ const environmentSchema = z.object({
   // limit_req guards the edge, and the old service's callers have no limit to rely on).
   REQUEST_RATE_LIMIT_PER_WINDOW: integer(0, 1_000_000).default(0),
   REQUEST_RATE_LIMIT_WINDOW_MS: integer(1_000, 3_600_000).default(60_000),
+  // When a sent message's delivery status is asked (ms after the send): operators keep trying to
+  // reach a phone that is off for a day or more, so the last look is a day later.
+  DELIVERY_POLL_SCHEDULE_MS: z.string().default('60000,300000,1800000,7200000,21600000,86400000'),
+  // How often each worker looks for due delivery checks (an indexed query that is empty when idle).
+  DELIVERY_POLL_INTERVAL_MS: integer(100, 600_000).default(2_000),
+  DELIVERY_POLL_BATCH: integer(1, 1_000).default(100),
+  // After WebSMS's error 7 on a status look-up, that account's checks wait this long.
+  DELIVERY_POLL_BACKOFF_MS: integer(1_000, 3_600_000).default(60_000),
   // Messages accepted per enterprise per server-local day; 0 = no cap (the default).
   DAILY_CAP_PER_ENTERPRISE: integer(0, 10_000_000).default(0),
+  // How often the balance watch reads every enterprise's WebSMS balance (one round for all workers):
+  // 10 minutes sees a balance run down long before a day's sends do, at a few calls an hour per account.
+  BALANCE_REFRESH_S: integer(1, 86_400).default(600),
+  // Callbacks (src/callbacks): off until CALLBACK_ALLOWED_HOSTS names a host (comma list of names or
+  // addresses, each optionally :port); then CALLBACK_SIGNING_SECRET (whsec_…) is required.
+  CALLBACK_ALLOWED_HOSTS: z.string().optional(),
+  CALLBACK_SIGNING_SECRET: z.string().optional(),
+  // One delivery attempt, connection to the last byte of the answer.
+  CALLBACK_TIMEOUT_MS: integer(100, 120_000).default(10_000),
+  // The first retry comes after this; each next one after twice the previous wait, at most an hour.
+  CALLBACK_RETRY_BACKOFF_MS: integer(10, 3_600_000).default(10_000),
+  // How long an event is retried before it is given up (an operator can retry it: npm run jobs).
+  CALLBACK_RETRY_FOR_S: integer(1, 30 * 86_400).default(86_400),
+  // Deliveries in flight per worker process: modest, they wait on other people's servers.
+  CALLBACK_CONCURRENCY: integer(1, 200).default(8),
 });
 
 export type Environment = z.infer<typeof environmentSchema>;
@@ -126,8 +152,18 @@ export interface Config {
   readonly authFailuresPerMinute: number;
   /** undefined: no per-caller request limit */
   readonly requestRateLimit: { readonly perWindow: number; readonly windowMs: number } | undefined;
+  readonly deliveryPoll: {
+    readonly scheduleMs: readonly number[];
+    readonly intervalMs: number;
+    readonly batchSize: number;
+    readonly backoffMs: number;
+  };
   /** undefined: no daily cap */
   readonly dailyCapPerEnterprise: number | undefined;
+  /** the balance watch's interval */
+  readonly balanceRefreshS: number;
+  /** callback_url events; allowedHosts empty: off */
+  readonly callbacks: CallbackSettings;
 }
 
 export class ConfigError extends Error {
@@ -147,11 +183,27 @@ export function loadConfig(env: NodeJS.ProcessEnv = process.env): Config {
   if ((e.ADMIN_USER === undefined) !== (e.ADMIN_PASSWORD === undefined)) {
     throw new ConfigError('Invalid configuration: ADMIN_USER and ADMIN_PASSWORD must be set together');
   }
+  let deliveryScheduleMs: number[];
+  try {
+    deliveryScheduleMs = parseSchedule(e.DELIVERY_POLL_SCHEDULE_MS);
+  } catch (error) {
+    throw new ConfigError(`Invalid configuration: DELIVERY_POLL_SCHEDULE_MS: ${error instanceof Error ? error.message : String(error)}`);
+  }
   let apiTokens: ApiToken[] | undefined;
   try {
     apiTokens = e.API_TOKENS === undefined ? undefined : parseApiTokens(e.API_TOKENS);
   } catch (error) {
     throw new ConfigError(`Invalid configuration: API_TOKENS: ${error instanceof Error ? error.message : String(error)}`);
+  }
+  let callbacks: CallbackSettings;
+  try {
+    callbacks = callbackSettings(e);
+  } catch (error) {
+    throw new ConfigError(`Invalid configuration: ${error instanceof Error ? error.message : String(error)}`);
+  }
+  for (const token of apiTokens ?? []) {
+    const problem = token.callbackUrl === undefined ? undefined : callbackHostProblem(token.callbackUrl, callbacks.allowedHosts);
+    if (problem) throw new ConfigError(`Invalid configuration: API_TOKENS: ${token.name}'s callback_url: ${problem}`);
   }
   return Object.freeze({
     port: e.PORT,
@@ -192,5 +244,13 @@ export function loadConfig(env: NodeJS.ProcessEnv = process.env): Config {
     requestRateLimit:
       e.REQUEST_RATE_LIMIT_PER_WINDOW > 0 ? Object.freeze({ perWindow: e.REQUEST_RATE_LIMIT_PER_WINDOW, windowMs: e.REQUEST_RATE_LIMIT_WINDOW_MS }) : undefined,
     dailyCapPerEnterprise: e.DAILY_CAP_PER_ENTERPRISE > 0 ? e.DAILY_CAP_PER_ENTERPRISE : undefined,
+    balanceRefreshS: e.BALANCE_REFRESH_S,
+    callbacks,
+    deliveryPoll: Object.freeze({
+      scheduleMs: Object.freeze(deliveryScheduleMs),
+      intervalMs: e.DELIVERY_POLL_INTERVAL_MS,
+      batchSize: e.DELIVERY_POLL_BATCH,
+      backoffMs: e.DELIVERY_POLL_BACKOFF_MS,
+    }),
   });
 }

@@ -16,6 +16,8 @@ const sandbox = await startSandbox({
   port: Number(process.env.SANDBOX_PORT ?? 8099),
   accounts: [{ user: DEMO_ENTERPRISE.user, apiKey: DEMO_ENTERPRISE.apiKey, sms: 39.056508, viber: 0 }],
   latencyMs: Number(process.env.SANDBOX_LATENCY_MS ?? 50),
+  // Long enough to watch a message go queued → accepted by operator → delivered.
+  deliveryMs: Number(process.env.SANDBOX_DELIVERY_MS ?? 20_000),
 });
 const config = loadConfig({ ...process.env, WEBSMS_BASE_URL: sandbox.url });
 // Human-readable lines for a person at a terminal, through pino's own pretty printer (a dev

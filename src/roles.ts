@@ -11,6 +11,7 @@ import { cancelMessage } from './queue/inspection.ts';
 import { answerMalformedRequests } from './api/malformed-http.ts';
 import type { AcceptDeps } from './messages/accept.ts';
 import { createSweeper } from './messages/sweeper.ts';
+import { createDeliveryPoller } from './delivery/poller.ts';
 import { messageStanding } from './line/standing.ts';
 import { restoreLine } from './line/turns.ts';
 import { createCompletionWaiter } from './queue/completion-waiter.ts';
@@ -18,6 +19,13 @@ import { jobIdFor } from './queue/jobs.ts';
 import { createSendWorker } from '../workers/send-worker.ts';
 import { createQueueMonitor } from './metrics/queue-monitor.ts';
 import { createWorkerTelemetry } from './metrics/worker-telemetry.ts';
+import { serviceMetricSources } from './metrics/service-families.ts';
+import { createBalanceCache } from './balance-watch/balance-cache.ts';
+import { DEFAULT_REFRESH_CONCURRENCY } from './balance-watch/refresh-balances.ts';
+import { startBalanceWatch } from '../workers/balance-worker.ts';
+import { callbackEmitPorts, createCallbackQueue, startCallbackDelivery } from './callbacks/callback-delivery.ts';
+import { callbackMetricsText } from './callbacks/callback-metrics.ts';
+import { emitMessageEvent, sendOutcomeEvent } from './callbacks/emit-message-event.ts';
 
 // The two roles a process can play. Both are stateless: run as many of each as needed.
 
@@ -50,8 +58,10 @@ export async function startApi(config: Config, logger: Logger): Promise<RunningA
     standing: (record) => messageStanding(deps.line, record),
     idempotencyRetentionS: config.idempotencyRetentionS,
     dailyCapPerEnterprise: config.dailyCapPerEnterprise,
+    callbackHosts: config.callbacks.allowedHosts,
   };
-  const monitor = createQueueMonitor(deps.redis, deps.queue, config.queuePrefix);
+  const balanceCache = createBalanceCache(deps.redis, config.queuePrefix);
+  const monitor = createQueueMonitor(deps.redis, deps.queue, config.queuePrefix, Date.now, serviceMetricSources(deps, balanceCache));
   const app = buildApp({
     logger,
     db: deps.db,
@@ -76,6 +86,7 @@ export async function startApi(config: Config, logger: Logger): Promise<RunningA
       config.requestRateLimit &&
       createRequestRateLimiter(deps.redis, { keyPrefix: config.queuePrefix, limit: config.requestRateLimit.perWindow, windowMs: config.requestRateLimit.windowMs }),
     websmsBalance: deps.websms,
+    balanceCache,
     admin: config.admin,
     credentialThrottle:
       config.authFailuresPerMinute > 0 ? createCredentialThrottle(deps.redis, { keyPrefix: config.queuePrefix, limit: config.authFailuresPerMinute, windowMs: 60_000 }) : undefined,
@@ -84,7 +95,7 @@ export async function startApi(config: Config, logger: Logger): Promise<RunningA
         { db: deps.db, queue: deps.queue, redis: deps.redis, enqueue: deps.enqueue, websmsTimeoutMs: config.websms.timeoutMs, takeOutOfLine: deps.takeOutOfLine },
         { messageId, by },
       ),
-    metrics: { prometheusText: monitor.prometheusText },
+    metrics: { prometheusText: async () => (await monitor.prometheusText()) + (await callbackMetricsText(deps.redis, deps.db, config.queuePrefix)) },
     dashboard: { queue: deps.queue, readOnly: config.dashboard.readOnly },
   });
 
@@ -123,11 +134,22 @@ export async function startApi(config: Config, logger: Logger): Promise<RunningA
   };
 }
 
+/** The callback event of each final delivery status; `unknown`: the outcome could not be established. */
+const DELIVERY_EVENTS = { delivered: 'message.delivered', undelivered: 'message.undelivered', unknown: 'message.unknown' } as const;
+
+/** A claimed delivery check not recorded within this comes back: longer than a round of look-ups takes. */
+const DELIVERY_CHECK_LEASE_MS = 10 * 60_000;
+/** WebSMS accounts one worker asks about at the same time; each account one look-up at a time. */
+const DELIVERY_ACCOUNT_CONCURRENCY = 4;
+
 export async function startWorker(config: Config, logger: Logger): Promise<Running> {
   const deps = await createDeps(config, logger, 'worker');
   const workerRedis = new Redis(config.redisUrl, redisOptions('blocking'));
   workerRedis.on('error', () => undefined);
   const telemetry = createWorkerTelemetry(config.redisUrl, config.queuePrefix, logger);
+  // Events for callers that gave a callback_url (src/callbacks): raised here for send outcomes.
+  const callbackQueue = createCallbackQueue(deps.redis, config.queuePrefix);
+  const callbackEvents = callbackEmitPorts(deps.db, logger, callbackQueue);
   const worker = createSendWorker(
     {
       db: deps.db,
@@ -138,7 +160,15 @@ export async function startWorker(config: Config, logger: Logger): Promise<Runni
       websmsTimeoutMs: config.websms.timeoutMs,
       metrics: telemetry.metrics,
     },
-    { connection: workerRedis, prefix: config.queuePrefix, concurrency: config.worker.concurrency },
+    {
+      connection: workerRedis,
+      prefix: config.queuePrefix,
+      concurrency: config.worker.concurrency,
+      onFinal: async (messageId, outcome) => {
+        const type = sendOutcomeEvent(outcome.status);
+        if (type) await emitMessageEvent(callbackEvents, messageId, type);
+      },
+    },
   );
   worker.on('error', (error) => logger.warn({ err: error.message }, 'worker error'));
   worker.on('failed', (job, error) => {
@@ -163,13 +193,43 @@ export async function startWorker(config: Config, logger: Logger): Promise<Runni
     { intervalMs: config.sweeper.intervalMs, idleMs: config.sweeper.pendingAfterMs },
   );
   sweeper.start();
+  const callbackDelivery = await startCallbackDelivery({
+    db: deps.db,
+    logger,
+    queue: callbackQueue,
+    settings: config.callbacks,
+    redisUrl: config.redisUrl,
+    prefix: config.queuePrefix,
+    sweeper: { intervalMs: config.sweeper.intervalMs, graceMs: config.sweeper.pendingAfterMs },
+  });
+  const deliveryPoller = createDeliveryPoller(
+    {
+      db: deps.db,
+      websms: deps.websms,
+      logger,
+      onFinal: async (messageId, _enterprise, status) => {
+        await emitMessageEvent(callbackEvents, messageId, DELIVERY_EVENTS[status]);
+      },
+    },
+    { ...config.deliveryPoll, leaseMs: DELIVERY_CHECK_LEASE_MS, accountConcurrency: DELIVERY_ACCOUNT_CONCURRENCY },
+  );
+  deliveryPoller.start();
+  // Every enterprise's WebSMS balance, refreshed in the background: one round at a time for all workers.
+  const balanceWatch = await startBalanceWatch(
+    { db: deps.db, websms: deps.websms, cache: createBalanceCache(deps.redis, config.queuePrefix), logger },
+    { redis: deps.redis, redisUrl: config.redisUrl, prefix: config.queuePrefix, refreshMs: config.balanceRefreshS * 1_000, concurrency: DEFAULT_REFRESH_CONCURRENCY },
+  );
   logger.info({ concurrency: config.worker.concurrency }, 'worker started');
 
   return {
     async stop() {
       await sweeper.stop();
+      await balanceWatch.stop();
+      await deliveryPoller.stop();
       // Waits for running jobs; a job cut off later (kill -9) comes back as stalled.
       await worker.close();
+      await callbackDelivery?.stop();
+      await callbackQueue.close().catch(() => undefined);
       await telemetry.stop();
       workerRedis.disconnect();
       await deps.close();

@@ -19,6 +19,11 @@ export interface SendWorkerOptions {
   prefix: string;
   concurrency: number;
   autorun?: boolean;
+  /**
+   * Called once a final outcome is recorded, before the job completes (src/callbacks: raises the
+   * caller's event). Should it throw, the job runs again, finds the row final, and calls it again.
+   */
+  onFinal?: (messageId: number, outcome: DeliveryOutcome) => Promise<void>;
 }
 
 export function createSendWorker(deps: DeliveryDeps, options: SendWorkerOptions): Worker<SendJobState, DeliveryOutcome | null> {
@@ -35,6 +40,7 @@ export function createSendWorker(deps: DeliveryDeps, options: SendWorkerOptions)
     });
     switch (step.kind) {
       case 'finished':
+        if (step.outcome && options.onFinal) await options.onFinal(job.data.messageId, step.outcome);
         return step.outcome;
       case 'wait':
         await job.moveToDelayed(Date.now() + step.delayMs, token);

@@ -1,6 +1,7 @@
 import { Router } from 'express';
 import swaggerUi from 'swagger-ui-express';
 import { z } from 'zod';
+import { REPORT_NAMES } from '../reports/catalogue.ts';
 import { healthSchema, messageSchema, sendEnvelopeSchema, sendRequestSchema, serviceInfoSchema } from './schemas.ts';
 
 const ref = (name: string) => ({ $ref: `#/components/schemas/${name}` });
@@ -108,9 +109,9 @@ export function openApiDocument(): Record<string, unknown> {
       },
       '/reports/{name}': {
         get: {
-          summary: 'Operator reports: today, enterprise, recent, failures, spend, audit (operators only: HTTP Basic, or a direct local peer when ADMIN_USER is unset)',
+          summary: 'Operator reports (operators only: HTTP Basic, or a direct local peer when ADMIN_USER is unset)',
           parameters: [
-            { name: 'name', in: 'path', required: true, schema: { type: 'string', enum: ['today', 'enterprise', 'recent', 'failures', 'spend', 'audit'] } },
+            { name: 'name', in: 'path', required: true, schema: { type: 'string', enum: [...REPORT_NAMES] } },
             { name: 'enterprise', in: 'query', required: false, schema: { type: 'string' } },
             { name: 'limit', in: 'query', required: false, schema: { type: 'integer', minimum: 1 } },
           ],

@@ -99,5 +99,7 @@ function messageJson(record: MessageRecord, standing?: MessageStanding) {
     resent_after_unknown: record.resentAfterUnknown,
     expected_send_at: expectedSendAt?.toISOString() ?? null,
     position: standing?.position ?? null,
+    delivery_status: record.deliveryStatus,
+    delivered_at: record.deliveredAt?.toISOString() ?? null,
   };
 }

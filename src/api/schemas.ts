@@ -6,6 +6,7 @@ import { z } from 'zod';
 // judges some numbers of calling codes shared by several regions by another region's lengths: it
 // refuses Canada's +1 310 xxxx.)
 import { parsePhoneNumberFromString } from 'libphonenumber-js/min';
+import { callbackUrlProblem } from '../callbacks/callback-hosts.ts';
 
 // Request and response schemas: they validate requests and generate the OpenAPI document.
 
@@ -48,6 +49,18 @@ export const sendRequestSchema = z
       .nullish()
       .meta({ description: 'Approved sender name, default Vochi-CRM', example: 'MyCompany' }),
     custom_id: singleLine(20).nullish().meta({ description: "The caller's own reference", example: 'order_98765' }),
+    callback_url: z
+      .string()
+      .superRefine((value, context) => {
+        const problem = callbackUrlProblem(value);
+        if (problem) context.addIssue({ code: 'custom', message: problem });
+      })
+      .nullish()
+      .meta({
+        description:
+          'Where to POST signed events about this message (message.sent, message.failed, message.unknown, message.delivered, message.undelivered): an absolute http or https URL of at most 2048 characters whose host is in CALLBACK_ALLOWED_HOSTS',
+        example: 'https://crm.internal/sms-events',
+      }),
   });
 
 export type SendRequestBody = z.infer<typeof sendRequestSchema>;
@@ -115,6 +128,10 @@ export const messageSchema = z
       .int()
       .nullable()
       .meta({ description: "Messages of its enterprise that go before it (0: next, or being sent); null when finished or waiting to retry a failed attempt" }),
+    delivery_status: z.enum(['pending', 'delivered', 'undelivered', 'unknown']).nullable().meta({
+      description: 'Whether it reached the phone, as WebSMS reports it: pending until final; unknown when WebSMS has no record or it never became final; null when it was not sent',
+    }),
+    delivered_at: z.string().nullable().meta({ description: 'When the final delivery status (delivered or undelivered) was learned' }),
   });
 
 export const healthSchema = z

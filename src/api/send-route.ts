@@ -6,6 +6,7 @@ import { HttpError } from './errors.ts';
 import { authenticatedCaller, mayUseEnterprise } from './caller.ts';
 import { callerOf } from './client-info.ts';
 import { normalisePhone, PHONE_ERROR, sendRequestSchema } from './schemas.ts';
+import { callbackHostProblem } from '../callbacks/callback-hosts.ts';
 
 export function sendRoute(deps: AcceptDeps): Router {
   const router = Router();
@@ -21,6 +22,11 @@ export function sendRoute(deps: AcceptDeps): Router {
     if (!idempotency.ok) {
       throw new HttpError(422, `Invalid request: ${IDEMPOTENCY_HEADER} ${idempotency.problem}`, { errors: [{ field: IDEMPOTENCY_HEADER, message: idempotency.problem }] });
     }
+    // The request's own callback_url, else its token's. Its host must be allowed now, before anything
+    // is recorded; delivery checks it again (src/callbacks/callback-sender.ts).
+    const callbackUrl = parsed.data.callback_url ?? authenticatedCaller(res)?.callbackUrl ?? null;
+    const hostProblem = callbackUrl === null ? undefined : callbackHostProblem(callbackUrl, deps.callbackHosts ?? []);
+    if (hostProblem) throw new HttpError(422, `Invalid request: callback_url ${hostProblem}`, { errors: [{ field: 'callback_url', message: hostProblem }] });
 
     const command: SendCommand = {
       enterpriseNumber: parsed.data.enterprise_number,
@@ -30,6 +36,7 @@ export function sendRoute(deps: AcceptDeps): Router {
       customId: parsed.data.custom_id ?? null,
       wait: wantsToWait(req),
       idempotencyKey: idempotency.key,
+      callbackUrl,
     };
     // With API_TOKENS, the token names the caller; X-Service-Name is only a claim. A caller named
     // neither way gets DEFAULT_SERVICE_NAME, on every row including refusals: the old service

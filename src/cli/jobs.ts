@@ -5,6 +5,7 @@ import { dropMessage, LISTABLE_STATES, listJobs, retryMessage, type ActionResult
 import { EXIT, parseCommandLine, parsePositiveInteger, runCommand, UsageError } from './args.ts';
 import { formatLocalTime, formatTable } from './table.ts';
 import { CALLBACK_USAGE, listCallbacksCommand, parseCallbackStates, retryCallbackCommand } from './callback-commands.ts';
+import { listPollingCommand, POLLING_USAGE } from './delivery-commands.ts';
 
 // `npm run jobs`: retry inspection. What the send queue holds and why, and a retry or drop of one
 // message, recorded on its row (operator_actions). State is in Redis and PostgreSQL only, so this
@@ -14,6 +15,7 @@ const USAGE = `usage: npm run jobs -- list [--state <state>[,<state>...]] [--ent
        npm run jobs -- retry <message_id> [--reason <text>] [--json]
        npm run jobs -- drop <message_id> [--reason <text>] [--json]
 ${CALLBACK_USAGE}
+${POLLING_USAGE}
 
   list     jobs by state: ${LISTABLE_STATES.join(', ')}. Without --state: what needs attention —
            active, waiting, delayed and failed jobs, and completed jobs whose message did not succeed
@@ -146,8 +148,9 @@ async function main(): Promise<number> {
   }
   const command = positionals[0];
   if (command === 'callbacks' || command === 'retry-callback') return callbackCommand(command, positionals, values);
+  if (command === 'polling') return pollingCommand(positionals, values);
   if (values.message !== undefined) throw new UsageError('--message applies to callbacks only');
-  if (command !== 'list' && command !== 'retry' && command !== 'drop') throw new UsageError(command ? `unknown command "${command}"` : 'give a command: list, retry, drop, callbacks or retry-callback');
+  if (command !== 'list' && command !== 'retry' && command !== 'drop') throw new UsageError(command ? `unknown command "${command}"` : 'give a command: list, retry, drop, callbacks, retry-callback or polling');
   if (command === 'list' && positionals.length !== 1) throw new UsageError('list takes no positional arguments');
   if (command !== 'list' && (values.state || values.enterprise || values.limit)) throw new UsageError('--state, --enterprise and --limit apply to list only');
   if (command === 'list' && values.reason !== undefined) throw new UsageError('--reason applies to retry and drop only');
@@ -175,6 +178,19 @@ async function main(): Promise<number> {
     const request = { messageId, reason: values.reason };
     const result = command === 'retry' ? await retryMessage(ports, request) : await dropMessage(ports, request);
     return report(command, result, values.json);
+  } finally {
+    await deps.close();
+  }
+}
+
+async function pollingCommand(positionals: string[], values: { state?: string[] | undefined; message?: string | undefined; reason?: string | undefined; enterprise?: string | undefined; limit?: string | undefined; json?: boolean | undefined }): Promise<number> {
+  if (positionals.length !== 1) throw new UsageError('polling takes no positional arguments');
+  if (values.state || values.message !== undefined || values.reason !== undefined) throw new UsageError('polling takes --enterprise, --limit and --json only');
+  const limit = values.limit === undefined ? 200 : parsePositiveInteger(values.limit, '--limit', 10_000);
+  const config = loadConfig();
+  const deps = await createDeps(config, createLogger('error', process.stderr), 'api');
+  try {
+    return await listPollingCommand(deps.db, { enterprise: values.enterprise, limit, json: values.json ?? false });
   } finally {
     await deps.close();
   }

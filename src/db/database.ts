@@ -1,4 +1,4 @@
-import { Kysely, PostgresDialect, type ColumnType, type Generated } from 'kysely';
+import { Kysely, PostgresDialect, type ColumnType, type Generated, type RawBuilder } from 'kysely';
 import pg from 'pg';
 
 /**
@@ -12,6 +12,9 @@ import pg from 'pg';
 
 /** Message states, forward only: pending → queued → sending → success | failed | unknown. */
 export type MessageStatus = 'pending' | 'queued' | 'sending' | 'success' | 'failed' | 'unknown';
+
+/** Whether the SMS reached the phone, as WebSMS's status/sms says (src/delivery/). */
+export type DeliveryStatus = 'pending' | 'delivered' | 'undelivered' | 'unknown';
 
 export interface UserSmsSendTable {
   id: Generated<string>; // BIGSERIAL: pg returns int8 as a string
@@ -47,6 +50,14 @@ export interface UserSmsSendTable {
   operator_actions: ColumnType<unknown, never, never>;
   /** SHA-256 of each key a caller was given in a status_url (messages/status-key.ts) */
   status_key_hashes: ColumnType<Buffer[] | null, Buffer[] | null, Buffer[] | null>;
+  /** where the message's events go (src/callbacks) */
+  callback_url: string | null;
+  /** pending | delivered | undelivered | unknown (src/delivery/); NULL: never asked */
+  delivery_status: DeliveryStatus | null;
+  delivery_code: number | null;
+  delivered_at: ColumnType<Date | null, never, never>;
+  delivery_checks: ColumnType<number, never, number>;
+  delivery_next_check_at: ColumnType<Date | null, never, RawBuilder<unknown>>;
 }
 
 export interface EnterprisesTable {

@@ -19,6 +19,7 @@ import { admitMessage } from './admission.ts';
 import { dailyCapMessage } from './daily-cap.ts';
 import type { MessageStanding } from '../line/standing.ts';
 import { IDEMPOTENCY_HEADER, KEY_REUSED_MESSAGE, requestHash } from './idempotency.ts';
+import type { AllowedHost } from '../callbacks/callback-hosts.ts';
 
 // Accepting a message: record it, queue it, and wait (bounded) for the worker's outcome.
 
@@ -33,6 +34,8 @@ export interface SendCommand {
   wait: boolean;
   /** the caller's Idempotency-Key, validated (idempotency.ts) */
   idempotencyKey?: string | null;
+  /** where to send this message's events (src/callbacks); its host already checked against the allowed list */
+  callbackUrl?: string | null;
 }
 
 export interface Caller {
@@ -57,6 +60,8 @@ export interface AcceptDeps {
   idempotencyRetentionS?: number;
   /** messages per enterprise per server-local day; undefined or 0: no cap */
   dailyCapPerEnterprise?: number | undefined;
+  /** CALLBACK_ALLOWED_HOSTS; undefined or empty: a callback_url is refused */
+  callbackHosts?: readonly AllowedHost[] | undefined;
 }
 
 export interface SendAnswer {
@@ -77,6 +82,7 @@ export async function acceptMessage(deps: AcceptDeps, command: SendCommand, call
     text: command.text,
     sender: command.sender ?? deps.defaultSender,
     customId: command.customId,
+    callbackUrl: command.callbackUrl ?? null,
     ...caller,
   };
   const log = { enterprise: command.enterpriseNumber, phone: maskPhone(command.phone), service: caller.serviceName, ip: caller.requestIp };

@@ -1,4 +1,4 @@
-import type { MessageStatus } from '../db/database.ts';
+import type { DeliveryStatus, MessageStatus } from '../db/database.ts';
 
 export type { MessageStatus };
 
@@ -33,6 +33,10 @@ export interface MessageRecord {
   resentAfterUnknown: boolean;
   /** SHA-256 of the keys its status_url links carry (status-key.ts) */
   statusKeyHashes: Buffer[];
+  /** whether it reached the phone (src/delivery/); null: never sent, or sent before delivery was asked */
+  deliveryStatus: DeliveryStatus | null;
+  /** when the final delivery status was learned */
+  deliveredAt: Date | null;
 }
 
 /** What a finished delivery reports back through the queue: no phone, text or key. */

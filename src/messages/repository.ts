@@ -21,6 +21,8 @@ export interface NewMessage {
   userAgent: string | null;
   /** the SHA-256 of the key in the answer's status_url (status-key.ts); refused requests have none */
   statusKeySha256?: Buffer;
+  /** where its events go (src/callbacks); null or absent: none */
+  callbackUrl?: string | null;
 }
 
 /**
@@ -43,6 +45,7 @@ function newMessageValues(message: NewMessage) {
     request_ip: message.requestIp,
     user_agent: message.userAgent,
     status_key_hashes: message.statusKeySha256 ? [message.statusKeySha256] : null,
+    callback_url: message.callbackUrl ?? null,
   };
 }
 
@@ -96,6 +99,8 @@ export async function findMessage(db: Db, id: number): Promise<MessageRecord | u
       'not_before',
       'resent_after_unknown',
       'status_key_hashes',
+      'delivery_status',
+      'delivered_at',
     ])
     .where('id', '=', String(id))
     .executeTakeFirst();
@@ -122,6 +127,8 @@ export async function findMessage(db: Db, id: number): Promise<MessageRecord | u
     notBefore: row.not_before,
     resentAfterUnknown: row.resent_after_unknown,
     statusKeyHashes: row.status_key_hashes ?? [],
+    deliveryStatus: row.delivery_status,
+    deliveredAt: row.delivered_at,
   };
 }
 
@@ -237,7 +244,7 @@ export interface Acceptance {
   response: unknown;
 }
 
-/** sending → success. `sent_at`: when WebSMS accepted it, in the table's local-time convention. */
+/** sending → success. `sent_at`: when WebSMS accepted it, in the table's local-time convention. Its delivery status is pending. */
 export async function recordAccepted(db: Db, id: number, acceptance: Acceptance): Promise<boolean> {
   const result = await db
     .updateTable('user_sms_send')
@@ -252,6 +259,10 @@ export async function recordAccepted(db: Db, id: number, acceptance: Acceptance)
       error_code: null,
       sent_at: sql`LOCALTIMESTAMP`,
       updated_at: sql`now()`,
+      // From now on its delivery status is asked about (src/delivery/): due at once, so that the
+      // poller schedules its first check from its own settings.
+      delivery_status: 'pending',
+      delivery_next_check_at: sql`now()`,
     })
     .where('id', '=', String(id))
     .where('status', '=', 'sending')

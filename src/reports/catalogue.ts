@@ -1,6 +1,6 @@
 import type { Db } from '../db/database.ts';
 import { maskPhone } from '../logger.ts';
-import { enterpriseMessages, failedMessages, recentMessages, spendLast30Days, todayStats, unknownEnterpriseAttempts } from './queries.ts';
+import { deliveryRates, enterpriseMessages, failedMessages, recentMessages, spendLast30Days, todayStats, undeliveredMessages, unknownEnterpriseAttempts } from './queries.ts';
 
 // The reports operators know from the old documentation, by name: one catalogue for
 // `npm run report -- <name>` and `GET /reports/<name>`, so both always offer the same reports with
@@ -77,6 +77,22 @@ const definitions: ReportDefinition[] = [
     defaultLimit: 1_000,
     columns: [left('enterprise_number'), left('enterprise_name'), right('total_sms'), right('total_spent'), right('avg_cost_per_sms'), right('total_parts')],
     run: (db, p) => spendLast30Days(db, p),
+  },
+  {
+    name: 'delivery',
+    description: 'Delivery per enterprise over the last 7 days: sent, delivered, undelivered, unknown, still pending, and the delivery rate',
+    enterprise: 'optional',
+    defaultLimit: 1_000,
+    columns: [left('enterprise_number'), left('enterprise_name'), right('sent'), right('delivered'), right('undelivered'), right('unknown'), right('pending'), right('delivery_rate_pct')],
+    run: (db, p) => deliveryRates(db, p),
+  },
+  {
+    name: 'undelivered',
+    description: 'Sent SMS that did not reach the phone, or whose delivery stayed unknown, last 7 days, newest first',
+    enterprise: 'optional',
+    defaultLimit: 100,
+    columns: [right('id'), left('enterprise_number'), left('phone', { phone: true }), left('delivery_status'), right('delivery_code'), left('sent_at')],
+    run: (db, p) => undeliveredMessages(db, p),
   },
   {
     name: 'audit',

@@ -219,3 +219,70 @@ export async function unknownEnterpriseAttempts(db: Db, limit: number): Promise<
     LIMIT ${limit}`.execute(db);
   return rows.map((r) => ({ ...r, count: Number(r.count) }));
 }
+
+export interface DeliveryRateRow {
+  enterprise_number: string;
+  enterprise_name: string | null;
+  /** accepted by WebSMS and asked about (sends before delivery status was polled are left out) */
+  sent: number;
+  delivered: number;
+  undelivered: number;
+  unknown: number;
+  /** still being asked about */
+  pending: number;
+  /** delivered among those with a final status, in percent; null while none is final */
+  delivery_rate_pct: number | null;
+}
+
+/** Delivery per enterprise over the last 7 days (src/delivery/): how many of its sent SMS reached the phone. */
+export async function deliveryRates(db: Db, filter: LimitedFilter): Promise<DeliveryRateRow[]> {
+  const { rows } = await sql<Record<keyof DeliveryRateRow, string | null>>`
+    SELECT
+      enterprise_number,
+      enterprise_name,
+      COUNT(*) AS sent,
+      COUNT(*) FILTER (WHERE delivery_status = 'delivered') AS delivered,
+      COUNT(*) FILTER (WHERE delivery_status = 'undelivered') AS undelivered,
+      COUNT(*) FILTER (WHERE delivery_status = 'unknown') AS unknown,
+      COUNT(*) FILTER (WHERE delivery_status = 'pending') AS pending,
+      ROUND(100.0 * COUNT(*) FILTER (WHERE delivery_status = 'delivered')
+        / NULLIF(COUNT(*) FILTER (WHERE delivery_status <> 'pending'), 0), 1) AS delivery_rate_pct
+    FROM user_sms_send
+    WHERE status = 'success' AND delivery_status IS NOT NULL
+      AND created_at >= CURRENT_DATE - INTERVAL '7 days' ${andEnterprise(filter)}
+    GROUP BY enterprise_number, enterprise_name
+    ORDER BY sent DESC, enterprise_number
+    LIMIT ${filter.limit}`.execute(db);
+  return rows.map((r) => ({
+    enterprise_number: r.enterprise_number ?? '',
+    enterprise_name: r.enterprise_name,
+    sent: Number(r.sent),
+    delivered: Number(r.delivered),
+    undelivered: Number(r.undelivered),
+    unknown: Number(r.unknown),
+    pending: Number(r.pending),
+    delivery_rate_pct: num(r.delivery_rate_pct),
+  }));
+}
+
+export interface UndeliveredRow {
+  id: number;
+  enterprise_number: string;
+  phone: string;
+  delivery_status: string;
+  /** WebSMS's last status code: 2 rejected, 4 not delivered, 0/1/5 never final */
+  delivery_code: number | null;
+  sent_at: Date | null;
+}
+
+/** Sent SMS that did not reach the phone (undelivered) or whose fate stayed unknown, last 7 days, newest first. */
+export async function undeliveredMessages(db: Db, filter: LimitedFilter): Promise<UndeliveredRow[]> {
+  const { rows } = await sql<{ id: string; enterprise_number: string; phone: string; delivery_status: string; delivery_code: number | null; sent_at: Date | null }>`
+    SELECT id, enterprise_number, phone, delivery_status, delivery_code, sent_at AT TIME ZONE current_setting('TimeZone') AS sent_at
+    FROM user_sms_send
+    WHERE delivery_status IN ('undelivered', 'unknown')
+      AND created_at >= CURRENT_DATE - INTERVAL '7 days' ${andEnterprise(filter)}
+    ORDER BY user_sms_send.created_at DESC, id DESC
+    LIMIT ${filter.limit}`.execute(db);
+  return rows.map((r) => ({ ...r, id: Number(r.id) }));
+}

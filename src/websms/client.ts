@@ -46,8 +46,8 @@ export type SendOutcome =
 export type LookupOutcome =
   | { kind: 'found'; statusCode: number; statusName: string; response: Record<string, unknown> }
   | { kind: 'not-found' }
-  /** The lookup itself was impossible; it says nothing about the message. */
-  | { kind: 'failed'; reason: string };
+  /** The lookup itself was impossible; it says nothing about the message. `providerCode`: WebSMS's error code, when it gave one (7: too many requests). */
+  | { kind: 'failed'; reason: string; providerCode?: number };
 
 export interface Balance {
   sms: number;
@@ -84,6 +84,8 @@ export interface WebsmsClient {
   /** Never throws for provider or network problems; classifies them. */
   send(credentials: WebsmsCredentials, request: SendRequest): Promise<SendOutcome>;
   lookupByCustomId(credentials: WebsmsCredentials, customId: string): Promise<LookupOutcome>;
+  /** status/sms: a message's delivery status by WebSMS's own message id. */
+  lookupByMessageId(credentials: WebsmsCredentials, messageId: number): Promise<LookupOutcome>;
   balance(credentials: WebsmsCredentials): Promise<Balance>;
   /** Destroys the keep-alive connections. */
   close(): void;
@@ -217,7 +219,7 @@ function classifyLookupAnswer(response: Response<string>, apiKey: string): Looku
   if (answer.status === false) {
     const { code, description } = readProviderError(answer);
     if (NOT_FOUND_DESCRIPTION.test(description.trim())) return { kind: 'not-found' };
-    return { kind: 'failed', reason: `WebSMS error ${code}: ${description}` };
+    return { kind: 'failed', reason: `WebSMS error ${code}: ${description}`, ...(typeof code === 'number' ? { providerCode: code } : {}) };
   }
   const status = answer.message_status;
   if (!isRecord(status)) return { kind: 'failed', reason: 'WebSMS answered status:true without message_status' };
@@ -278,6 +280,17 @@ export function createWebsmsClient(options: WebsmsClientOptions): WebsmsClient {
       : request.post(url, { form: params, responseType: 'text' });
   }
 
+  /** statusCustom/sms or status/sms: a failure to ask is an outcome too, never an exception. */
+  async function lookup(path: string, credentials: WebsmsCredentials, params: Record<string, string>): Promise<LookupOutcome> {
+    let response: Response<string>;
+    try {
+      response = await call(path, { user: credentials.user, apikey: credentials.apiKey, ...params });
+    } catch (error) {
+      return { kind: 'failed', reason: scrub(describeTransportFailure(error).reason, credentials.apiKey) };
+    }
+    return classifyLookupAnswer(response, credentials.apiKey);
+  }
+
   return {
     async send(credentials, sms) {
       let response: Response<string>;
@@ -297,14 +310,11 @@ export function createWebsmsClient(options: WebsmsClientOptions): WebsmsClient {
       return classifySendAnswer(response, credentials.apiKey);
     },
 
-    async lookupByCustomId(credentials, customId) {
-      let response: Response<string>;
-      try {
-        response = await call('statusCustom/sms', { user: credentials.user, apikey: credentials.apiKey, custom_id: customId });
-      } catch (error) {
-        return { kind: 'failed', reason: scrub(describeTransportFailure(error).reason, credentials.apiKey) };
-      }
-      return classifyLookupAnswer(response, credentials.apiKey);
+    lookupByCustomId(credentials, customId) {
+      return lookup('statusCustom/sms', credentials, { custom_id: customId });
+    },
+    lookupByMessageId(credentials, messageId) {
+      return lookup('status/sms', credentials, { message_id: String(messageId) });
     },
 
     async balance(credentials) {

@@ -38,6 +38,8 @@ const sandbox = await startSandbox({
   host: process.env.SANDBOX_HOST || '127.0.0.1',
   latencyMs: readNumber('SANDBOX_LATENCY_MS', 0),
   accounts: readAccounts(process.env.SANDBOX_ACCOUNTS),
+  // Long enough to watch a message go queued → accepted by operator → delivered in `npm run dev`.
+  deliveryMs: readNumber('SANDBOX_DELIVERY_MS', 20_000),
 });
 process.stdout.write(`WebSMS sandbox listening at ${sandbox.url}\n`);
 

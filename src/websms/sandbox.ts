@@ -21,6 +21,11 @@ import type { AddressInfo } from 'node:net';
  * | hangOnce             | 375330000408 | first call for a custom_id: never answers, nothing accepted      |
  * | acceptedThenHangOnce | 375330000409 | first call for a custom_id: accepted, then never answers         |
  *
+ * Delivery (status/sms, statusCustom/sms): an accepted message plays WebSMS's statuses over
+ * `deliveryMs` — 0 queued for the first third, 1 accepted by operator until `deliveryMs`, then final:
+ * 3 delivered, or, for these recipients, 2 rejected (375330000302), 4 not delivered (375330000304);
+ * 375330000305 never becomes final (5 being delivered). `deliveryMs` 0: final at once.
+ *
  * "First call for a custom_id" is per account; a send without custom_id counts as one more id.
  * Faults queued with addFault() (or POST /__sandbox/faults) take precedence over these triggers.
  * Every other valid number is accepted. A hanging request holds its connection open until the client
@@ -37,6 +42,9 @@ export const sandboxTriggers = {
   garbage: '375330000502',
   hangOnce: '375330000408',
   acceptedThenHangOnce: '375330000409',
+  deliveryRejected: '375330000302',
+  deliveryFailed: '375330000304',
+  deliveryNeverFinal: '375330000305',
 } as const;
 
 /**
@@ -60,8 +68,8 @@ export interface SandboxFault {
   kind: SandboxFaultKind;
   /** How many matching calls get it. */
   count: number;
-  /** 'send/sms' (default), or 'statusCustom/sms' for failing lookups (the not-accepted kinds only). */
-  endpoint?: 'send/sms' | 'statusCustom/sms';
+  /** 'send/sms' (default), or 'statusCustom/sms' / 'status/sms' for failing look-ups (the not-accepted kinds only). */
+  endpoint?: 'send/sms' | 'statusCustom/sms' | 'status/sms';
   /** Only calls by this account (one enterprise). */
   user?: string;
   /** Only sends to this recipient (digits, with or without '+'). */
@@ -90,6 +98,8 @@ export interface SandboxOptions {
   /** Delay before every API call is processed and answered (not the /__sandbox control calls). */
   latencyMs?: number;
   accounts?: SandboxAccount[];
+  /** How long an accepted message takes to reach its final delivery status; 0 (default): at once. */
+  deliveryMs?: number;
 }
 
 /**
@@ -175,6 +185,20 @@ function countParts(text: string): number {
 interface StoredMessage {
   messageId: number;
   user: string;
+  /** Date.now() when it was accepted */
+  acceptedAt: number;
+  /** the recipient's digits: some end in another delivery status */
+  digits: string | null;
+}
+
+/** WebSMS's status of a message `elapsedMs` after it was accepted (see the table above). */
+export function deliveryStatusAfter(digits: string | null, elapsedMs: number, deliveryMs: number): { code: number; name: string } {
+  if (elapsedMs < deliveryMs / 3) return { code: 0, name: 'Queued' };
+  if (digits === sandboxTriggers.deliveryNeverFinal) return elapsedMs < deliveryMs ? { code: 1, name: 'Accepted by operator' } : { code: 5, name: 'Being delivered' };
+  if (elapsedMs < deliveryMs) return { code: 1, name: 'Accepted by operator' };
+  if (digits === sandboxTriggers.deliveryRejected) return { code: 2, name: 'Rejected' };
+  if (digits === sandboxTriggers.deliveryFailed) return { code: 4, name: 'Not delivered' };
+  return { code: 3, name: 'Delivered' };
 }
 
 interface Answer {
@@ -224,6 +248,7 @@ export async function startSandbox(options: SandboxOptions = {}): Promise<Sandbo
   const accounts = new Map<string, SandboxAccount>();
   for (const account of options.accounts ?? []) accounts.set(account.user, account);
   let latencyMs = options.latencyMs ?? 0;
+  const deliveryMs = options.deliveryMs ?? 0;
   let calls: SandboxCall[] = [];
   let nextMessageId = FIRST_MESSAGE_ID;
   // Keyed by `${user}\n${customId}`; the latest send with that custom_id wins, as a lookup would.
@@ -326,7 +351,7 @@ export async function startSandbox(options: SandboxOptions = {}): Promise<Sandbo
     if (customId !== null && customId.length > 20) return reject(2, 'custom_id is too long');
 
     const messageId = nextMessageId++;
-    const message = { messageId, user };
+    const message: StoredMessage = { messageId, user, acceptedAt: Date.now(), digits };
     messagesById.set(messageId, message);
     if (customId !== null && !fault?.hideFromLookup) messagesByCustomId.set(`${user}\n${customId}`, message);
     call.result = 'accepted';
@@ -361,8 +386,7 @@ export async function startSandbox(options: SandboxOptions = {}): Promise<Sandbo
       return json({ status: true, message_status: { code: false, name: 'Not found' } });
     }
     call.messageId = message.messageId;
-    // Sandbox messages are delivered at once.
-    return json({ status: true, message_status: { code: 3, name: 'Delivered' } });
+    return json({ status: true, message_status: deliveryStatusAfter(message.digits, Date.now() - message.acceptedAt, deliveryMs) });
   }
 
   function answerApiCall(endpoint: ApiEndpoint, params: URLSearchParams, at: number): Reply {
@@ -396,8 +420,11 @@ export async function startSandbox(options: SandboxOptions = {}): Promise<Sandbo
       case 'balances':
         call.result = 'balance';
         return json({ status: true, sms: account.sms ?? DEFAULT_SMS_BALANCE, viber: account.viber ?? 0 });
-      case 'status/sms':
+      case 'status/sms': {
+        const fault = takeFault('status/sms', call);
+        if (fault) return notAcceptedFault(call, fault.kind);
         return status(call, messagesById.get(Number(params.get('message_id'))), user);
+      }
       case 'statusCustom/sms': {
         const fault = takeFault('statusCustom/sms', call);
         if (fault) return notAcceptedFault(call, fault.kind);
@@ -565,7 +592,7 @@ function isSandboxFault(value: unknown): value is SandboxFault {
     typeof count === 'number' &&
     Number.isSafeInteger(count) &&
     count >= 1 &&
-    (endpoint === undefined || endpoint === 'send/sms' || endpoint === 'statusCustom/sms') &&
+    (endpoint === undefined || endpoint === 'send/sms' || endpoint === 'statusCustom/sms' || endpoint === 'status/sms') &&
     (user === undefined || typeof user === 'string') &&
     (msisdn === undefined || typeof msisdn === 'string') &&
     (customId === undefined || typeof customId === 'string') &&

@@ -187,7 +187,7 @@ describe('GET /reports/<name>', () => {
 
   it('lists the reports, and answers 404 / 400 with the envelope for an unknown report or bad parameters', async () => {
     const catalogue = await httpReport('/reports');
-    expect((catalogue.body.reports as Array<{ name: string }>).map((r) => r.name)).toEqual(['today', 'enterprise', 'recent', 'failures', 'spend', 'audit']);
+    expect((catalogue.body.reports as Array<{ name: string }>).map((r) => r.name)).toEqual(['today', 'enterprise', 'recent', 'failures', 'spend', 'delivery', 'undelivered', 'audit']);
     const unknown = await httpReport('/reports/nonsense');
     expect(unknown.status).toBe(404);
     expect(unknown.body).toMatchObject({ success: false });

@@ -7,7 +7,7 @@ import { loadConfig, type Config } from '../../src/config.ts';
 import { createDb, type Db } from '../../src/db/database.ts';
 import { createLogger, type Logger } from '../../src/logger.ts';
 import { startApi, startWorker, type Running, type RunningApi } from '../../src/roles.ts';
-import { startSandbox, type SandboxServer } from '../../src/websms/sandbox.ts';
+import { startSandbox, type SandboxOptions, type SandboxServer } from '../../src/websms/sandbox.ts';
 
 // Each test file gets its own database (cloned from the run's migrated template), its own queue
 // prefix, its own WebSMS sandbox and a captured log, so files run in parallel without meeting.
@@ -31,7 +31,7 @@ export interface TestEnv {
 export const DEMO_USER = 'demo@example.by';
 export const DEMO_KEY = 'k3y-Secret-0367-abcdef';
 
-export async function createTestEnv(env: Record<string, string> = {}): Promise<TestEnv> {
+export async function createTestEnv(env: Record<string, string> = {}, options: { sandbox?: Pick<SandboxOptions, 'deliveryMs'> } = {}): Promise<TestEnv> {
   const runId = inject('runId');
   const template = inject('templateDatabase');
   const serverUrl = inject('serverDatabaseUrl');
@@ -46,7 +46,7 @@ export async function createTestEnv(env: Record<string, string> = {}): Promise<T
   url.pathname = `/${name}`;
   const databaseUrl = url.toString();
 
-  const sandbox = await startSandbox({ accounts: [{ user: DEMO_USER, apiKey: DEMO_KEY, sms: 39.056508, viber: 0 }] });
+  const sandbox = await startSandbox({ accounts: [{ user: DEMO_USER, apiKey: DEMO_KEY, sms: 39.056508, viber: 0 }], ...options.sandbox });
   const queuePrefix = `{t${randomBytes(4).toString('hex')}}`;
   const config = loadConfig({
     DATABASE_URL: databaseUrl,

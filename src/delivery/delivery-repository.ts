@@ -1,0 +1,131 @@
+import { sql } from 'kysely';
+import type { Db, DeliveryStatus } from '../db/database.ts';
+
+// All SQL of delivery status. The rows are the poller's queue: `delivery_next_check_at` says when a
+// message is next due, and a partial index holds only the messages still being asked about. Claims
+// use FOR UPDATE SKIP LOCKED, so any number of worker processes share the work without meeting, and
+// a claim is a lease: a poller that dies mid-check leaves its rows due again when the lease ends.
+
+export interface DueCheck {
+  id: number;
+  enterpriseNumber: string;
+  /** WebSMS's message id; null when the send's answer was lost and the lookup found no id */
+  websmsMessageId: number | null;
+  /** our unique custom_id towards WebSMS, for statusCustom/sms when there is no message id */
+  providerRef: string | null;
+  /** checks made so far */
+  checks: number;
+}
+
+// sent_at is server-local wall time (the old table's convention): as an instant, AT TIME ZONE.
+const SENT_INSTANT = sql`(u.sent_at AT TIME ZONE current_setting('TimeZone'))`;
+const ms = (value: number) => sql`make_interval(secs => ${value / 1000})`;
+
+/**
+ * Claims up to `limit` messages whose next check is due. A message just sent (its first check not yet
+ * scheduled) is rescheduled to sent_at + schedule[0] without being asked; the others are leased for
+ * `leaseMs` and returned to be asked now.
+ */
+export async function claimDueChecks(db: Db, options: { limit: number; leaseMs: number; scheduleMs: readonly number[] }): Promise<DueCheck[]> {
+  const schedule = sql`${`{${options.scheduleMs.join(',')}}`}::bigint[]`;
+  const result = await sql<{ id: string; enterprise_number: string; message_id: string | null; provider_ref: string | null; delivery_checks: number; ask: boolean }>`
+    WITH due AS (
+      SELECT id FROM user_sms_send
+      WHERE delivery_next_check_at <= now()
+      ORDER BY delivery_next_check_at
+      LIMIT ${options.limit}
+      FOR UPDATE SKIP LOCKED
+    ), planned AS (
+      SELECT u.id, coalesce(${SENT_INSTANT} + make_interval(secs => (${schedule})[u.delivery_checks + 1] / 1000.0), now()) AS due_at
+      FROM user_sms_send u JOIN due USING (id)
+    )
+    UPDATE user_sms_send u
+    SET delivery_next_check_at = CASE WHEN p.due_at > now() THEN p.due_at ELSE now() + ${ms(options.leaseMs)} END
+    FROM planned p
+    WHERE u.id = p.id
+    RETURNING u.id, u.enterprise_number, u.message_id, u.provider_ref, u.delivery_checks, p.due_at <= now() AS ask`.execute(db);
+  return result.rows
+    .filter((row) => row.ask)
+    .map((row) => ({
+      id: Number(row.id),
+      enterpriseNumber: row.enterprise_number,
+      websmsMessageId: row.message_id === null ? null : Number(row.message_id),
+      providerRef: row.provider_ref,
+      checks: row.delivery_checks,
+    }));
+}
+
+export type CheckResult =
+  /** WebSMS gave a status code */
+  | { kind: 'status'; code: number; status: DeliveryStatus }
+  /** WebSMS has no such message */
+  | { kind: 'not-found' }
+  /** the look-up failed; it says nothing about the message, and uses up a check */
+  | { kind: 'failed' };
+
+/**
+ * Records one check. Final (delivered, undelivered, or not found: unknown) ends the polling; not final
+ * schedules the next check at sent_at + schedule[checks + 1], or ends as `unknown` after the last.
+ * Returns the status now recorded, or undefined when the row was no longer pending.
+ */
+export async function recordCheck(db: Db, id: number, result: CheckResult, scheduleMs: readonly number[]): Promise<DeliveryStatus | undefined> {
+  const code = result.kind === 'status' ? result.code : null;
+  const schedule = sql`${`{${scheduleMs.join(',')}}`}::bigint[]`;
+  const last = scheduleMs.length;
+  const finalStatus = result.kind === 'status' && result.status !== 'pending' ? result.status : result.kind === 'not-found' ? 'unknown' : null;
+  const rows = finalStatus
+    ? await sql<{ delivery_status: DeliveryStatus }>`
+        UPDATE user_sms_send u SET
+          delivery_status = ${finalStatus},
+          delivery_code = coalesce(${code}::smallint, u.delivery_code),
+          delivered_at = ${finalStatus === 'unknown' ? null : sql`now()`},
+          delivery_checks = u.delivery_checks + 1,
+          delivery_next_check_at = NULL
+        WHERE u.id = ${String(id)} AND u.delivery_status = 'pending'
+        RETURNING u.delivery_status`.execute(db)
+    : await sql<{ delivery_status: DeliveryStatus }>`
+        UPDATE user_sms_send u SET
+          delivery_code = coalesce(${code}::smallint, u.delivery_code),
+          delivery_checks = u.delivery_checks + 1,
+          delivery_status = CASE WHEN u.delivery_checks + 1 >= ${last} THEN 'unknown' ELSE 'pending' END,
+          delivery_next_check_at = CASE WHEN u.delivery_checks + 1 >= ${last} THEN NULL
+            ELSE ${SENT_INSTANT} + make_interval(secs => (${schedule})[u.delivery_checks + 2] / 1000.0) END
+        WHERE u.id = ${String(id)} AND u.delivery_status = 'pending'
+        RETURNING u.delivery_status`.execute(db);
+  return rows.rows[0]?.delivery_status;
+}
+
+/** WebSMS asked us to slow down (error 7): these messages are asked again after `delayMs`, no check used. */
+export async function postponeChecks(db: Db, ids: readonly number[], delayMs: number): Promise<void> {
+  if (ids.length === 0) return;
+  await sql`
+    UPDATE user_sms_send SET delivery_next_check_at = now() + ${ms(delayMs)}
+    WHERE id = ANY(${ids.map(String)}::bigint[]) AND delivery_status = 'pending'`.execute(db);
+}
+
+export interface PolledMessage {
+  id: number;
+  enterpriseNumber: string;
+  checks: number;
+  nextCheckAt: Date;
+  deliveryCode: number | null;
+  sentAt: Date | null;
+}
+
+/** What is still being asked about, soonest first (`npm run jobs -- polling`). */
+export async function listPolled(db: Db, filter: { enterprise?: string | undefined; limit: number }): Promise<PolledMessage[]> {
+  const result = await sql<{ id: string; enterprise_number: string; delivery_checks: number; delivery_next_check_at: Date; delivery_code: number | null; sent_at: Date | null }>`
+    SELECT u.id, u.enterprise_number, u.delivery_checks, u.delivery_next_check_at, u.delivery_code, ${SENT_INSTANT} AS sent_at
+    FROM user_sms_send u
+    WHERE u.delivery_next_check_at IS NOT NULL ${filter.enterprise === undefined ? sql`` : sql`AND u.enterprise_number = ${filter.enterprise}`}
+    ORDER BY u.delivery_next_check_at
+    LIMIT ${filter.limit}`.execute(db);
+  return result.rows.map((row) => ({
+    id: Number(row.id),
+    enterpriseNumber: row.enterprise_number,
+    checks: row.delivery_checks,
+    nextCheckAt: row.delivery_next_check_at,
+    deliveryCode: row.delivery_code,
+    sentAt: row.sent_at,
+  }));
+}

@@ -1,0 +1,133 @@
+import type { Db } from '../db/database.ts';
+import { findEnterprise } from '../enterprises/repository.ts';
+import type { Logger } from '../logger.ts';
+import type { LookupOutcome, WebsmsClient } from '../websms/client.ts';
+import { claimDueChecks, postponeChecks, recordCheck, type CheckResult, type DueCheck } from './delivery-repository.ts';
+import { deliveryStatusOf, isFinalDelivery, type FinalDeliveryStatus } from './delivery-status.ts';
+
+// Delivery status: after WebSMS accepts a message, its status/sms is asked on a schedule until it is
+// final. Runs in every worker process; the rows are the queue (delivery-repository.ts), so:
+// - it never touches the send path: no rate-limit slot, no send job, its own small batches;
+// - a Redis that loses its data loses nothing of it, and a worker that dies mid-check only delays
+//   the check by its lease;
+// - each enterprise's look-ups are modest: one at a time per account, a few accounts at a time, and
+//   WebSMS's error 7 ("too many requests") postpones that account's checks by `backoffMs`.
+
+export interface DeliveryPollerDeps {
+  db: Db;
+  websms: Pick<WebsmsClient, 'lookupByMessageId' | 'lookupByCustomId'>;
+  logger: Logger;
+  /** a message's delivery status became final (callbacks, metrics); must not throw */
+  onFinal?: (messageId: number, enterpriseNumber: string, status: FinalDeliveryStatus) => Promise<void> | void;
+}
+
+export interface DeliveryPollerOptions {
+  /** delays after the send at which a message is checked (DELIVERY_POLL_SCHEDULE_MS) */
+  scheduleMs: readonly number[];
+  /** how often a worker looks for due checks */
+  intervalMs: number;
+  /** checks claimed per round */
+  batchSize: number;
+  /** a claimed check not recorded within this comes back (its worker died) */
+  leaseMs: number;
+  /** after error 7 on an account, its checks wait this long */
+  backoffMs: number;
+  /** accounts asked at the same time */
+  accountConcurrency: number;
+}
+
+export interface DeliveryPoller {
+  /** One round: claims due checks and asks WebSMS; returns how many look-ups it made. */
+  pollOnce(): Promise<number>;
+  start(): void;
+  stop(): Promise<void>;
+}
+
+const TOO_MANY_REQUESTS = 7;
+
+export function createDeliveryPoller(deps: DeliveryPollerDeps, options: DeliveryPollerOptions): DeliveryPoller {
+  let timer: NodeJS.Timeout | undefined;
+  let running: Promise<unknown> = Promise.resolve();
+
+  async function pollOnce(): Promise<number> {
+    const due = await claimDueChecks(deps.db, { limit: options.batchSize, leaseMs: options.leaseMs, scheduleMs: options.scheduleMs });
+    const byAccount = new Map<string, DueCheck[]>();
+    for (const check of due) byAccount.set(check.enterpriseNumber, [...(byAccount.get(check.enterpriseNumber) ?? []), check]);
+    const accounts = [...byAccount.entries()];
+    let asked = 0;
+    const next = async (): Promise<void> => {
+      for (let entry = accounts.shift(); entry; entry = accounts.shift()) asked += await pollAccount(entry[0], entry[1]);
+    };
+    await Promise.all(Array.from({ length: Math.min(options.accountConcurrency, accounts.length) }, next));
+    return asked;
+  }
+
+  /** One enterprise's due checks, one look-up at a time. */
+  async function pollAccount(enterpriseNumber: string, checks: DueCheck[]): Promise<number> {
+    const enterprise = await findEnterprise(deps.db, enterpriseNumber);
+    const credentials = enterprise?.credentials;
+    let asked = 0;
+    for (const [index, check] of checks.entries()) {
+      let lookup: LookupOutcome;
+      if (!credentials) {
+        // Its settings are gone: nobody can ask any more. The checks run out into `unknown`.
+        lookup = { kind: 'failed', reason: 'enterprise has no WebSMS configuration' };
+      } else if (check.websmsMessageId !== null) {
+        lookup = await deps.websms.lookupByMessageId(credentials, check.websmsMessageId);
+        asked += 1;
+      } else if (check.providerRef !== null) {
+        lookup = await deps.websms.lookupByCustomId(credentials, check.providerRef);
+        asked += 1;
+      } else {
+        lookup = { kind: 'not-found' };
+      }
+      if (lookup.kind === 'failed' && lookup.providerCode === TOO_MANY_REQUESTS) {
+        const rest = checks.slice(index).map((c) => c.id);
+        await postponeChecks(deps.db, rest, options.backoffMs);
+        deps.logger.warn({ enterprise: enterpriseNumber, postponed: rest.length, backoffMs: options.backoffMs }, 'WebSMS asked to slow down (error 7): delivery checks of this account postponed');
+        return asked;
+      }
+      await record(check, lookup);
+    }
+    return asked;
+  }
+
+  async function record(check: DueCheck, lookup: LookupOutcome): Promise<void> {
+    const result: CheckResult =
+      lookup.kind === 'found'
+        ? { kind: 'status', code: lookup.statusCode, status: deliveryStatusOf(lookup.statusCode) }
+        : lookup.kind === 'not-found'
+          ? { kind: 'not-found' }
+          : { kind: 'failed' };
+    if (lookup.kind === 'failed') deps.logger.warn({ messageId: check.id, enterprise: check.enterpriseNumber, err: lookup.reason }, 'delivery status look-up failed');
+    const status = await recordCheck(deps.db, check.id, result, options.scheduleMs);
+    if (status && isFinalDelivery(status)) {
+      deps.logger.info({ messageId: check.id, enterprise: check.enterpriseNumber, deliveryStatus: status, code: result.kind === 'status' ? result.code : null }, 'delivery status final');
+      try {
+        await deps.onFinal?.(check.id, check.enterpriseNumber, status);
+      } catch (error) {
+        deps.logger.warn({ messageId: check.id, err: error instanceof Error ? error.message : String(error) }, 'delivery status follow-up failed');
+      }
+    }
+  }
+
+  const tick = () => {
+    running = pollOnce()
+      .catch((error: unknown) => deps.logger.warn({ err: error instanceof Error ? error.message : String(error) }, 'delivery poll failed; will try again'))
+      .finally(() => {
+        if (timer) timer = setTimeout(tick, options.intervalMs).unref();
+      });
+  };
+
+  return {
+    pollOnce,
+    start() {
+      timer = setTimeout(tick, Math.min(options.intervalMs, 1_000)).unref();
+    },
+    async stop() {
+      clearTimeout(timer);
+      timer = undefined;
+      await running;
+    },
+  };
+}
