@@ -1,6 +1,7 @@
 import type { Db } from '../db/database.ts';
 import type { Logger } from '../logger.ts';
 import { findOverdueHeads } from './callback-repository.ts';
+import { createPeriodicTask } from '../periodic-task.ts';
 
 // Events are rows first: a head event overdue for longer than a grace period has lost its job (Redis
 // was down when it was raised, lost its data, or the job failed for good while PostgreSQL was away),
@@ -20,9 +21,6 @@ export interface CallbackSweeper {
 }
 
 export function createCallbackSweeper(ports: CallbackSweeperPorts, options: { intervalMs: number; graceMs: number; batchSize?: number }): CallbackSweeper {
-  let timer: NodeJS.Timeout | undefined;
-  let running: Promise<unknown> = Promise.resolve();
-
   async function sweep(): Promise<number[]> {
     const heads = await findOverdueHeads(ports.db, options.graceMs, options.batchSize ?? 200);
     const queued: number[] = [];
@@ -34,23 +32,11 @@ export function createCallbackSweeper(ports: CallbackSweeperPorts, options: { in
     return queued;
   }
 
-  const tick = () => {
-    running = sweep()
-      .catch((error: unknown) => ports.logger.warn({ err: error instanceof Error ? error.message : String(error) }, 'callback sweep failed; will try again'))
-      .finally(() => {
-        if (timer) timer = setTimeout(tick, options.intervalMs).unref();
-      });
-  };
+  const task = createPeriodicTask(sweep, { intervalMs: options.intervalMs, logger: ports.logger, failure: 'callback sweep failed; will try again' });
 
   return {
     sweep,
-    start() {
-      timer = setTimeout(tick, Math.min(options.intervalMs, 1_000)).unref();
-    },
-    async stop() {
-      clearTimeout(timer);
-      timer = undefined;
-      await running;
-    },
+    start: task.start,
+    stop: task.stop,
   };
 }

@@ -4,6 +4,7 @@ import type { Logger } from '../logger.ts';
 import type { LookupOutcome, WebsmsClient } from '../websms/client.ts';
 import { claimDueChecks, postponeChecks, recordCheck, type CheckResult, type DueCheck } from './delivery-repository.ts';
 import { deliveryStatusOf, isFinalDelivery, type FinalDeliveryStatus } from './delivery-status.ts';
+import { createPeriodicTask } from '../periodic-task.ts';
 
 // Delivery status: after WebSMS accepts a message, its status/sms is asked on a schedule until it is
 // final. Runs in every worker process; the rows are the queue (delivery-repository.ts), so:
@@ -46,9 +47,6 @@ export interface DeliveryPoller {
 const TOO_MANY_REQUESTS = 7;
 
 export function createDeliveryPoller(deps: DeliveryPollerDeps, options: DeliveryPollerOptions): DeliveryPoller {
-  let timer: NodeJS.Timeout | undefined;
-  let running: Promise<unknown> = Promise.resolve();
-
   async function pollOnce(): Promise<number> {
     const due = await claimDueChecks(deps.db, { limit: options.batchSize, leaseMs: options.leaseMs, scheduleMs: options.scheduleMs });
     const byAccount = new Map<string, DueCheck[]>();
@@ -111,23 +109,11 @@ export function createDeliveryPoller(deps: DeliveryPollerDeps, options: Delivery
     }
   }
 
-  const tick = () => {
-    running = pollOnce()
-      .catch((error: unknown) => deps.logger.warn({ err: error instanceof Error ? error.message : String(error) }, 'delivery poll failed; will try again'))
-      .finally(() => {
-        if (timer) timer = setTimeout(tick, options.intervalMs).unref();
-      });
-  };
+  const task = createPeriodicTask(pollOnce, { intervalMs: options.intervalMs, logger: deps.logger, failure: 'delivery poll failed; will try again' });
 
   return {
     pollOnce,
-    start() {
-      timer = setTimeout(tick, Math.min(options.intervalMs, 1_000)).unref();
-    },
-    async stop() {
-      clearTimeout(timer);
-      timer = undefined;
-      await running;
-    },
+    start: task.start,
+    stop: task.stop,
   };
 }

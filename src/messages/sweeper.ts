@@ -1,6 +1,7 @@
 import type { Db } from '../db/database.ts';
 import type { Logger } from '../logger.ts';
 import { findStaleUnfinished, touch } from './repository.ts';
+import { createPeriodicTask } from '../periodic-task.ts';
 
 // The row is the truth, the job only a pointer: a row left unfinished without a job (the API died
 // between insert and enqueue, Redis was down or lost its data) gets its job back, and one whose job
@@ -32,9 +33,6 @@ export interface Sweeper {
 }
 
 export function createSweeper(ports: SweeperPorts, options: SweeperOptions): Sweeper {
-  let timer: NodeJS.Timeout | undefined;
-  let running: Promise<unknown> = Promise.resolve();
-
   async function sweep(): Promise<number[]> {
     const stale = await findStaleUnfinished(ports.db, options.idleMs, options.batchSize ?? 500);
     const requeued: number[] = [];
@@ -51,23 +49,11 @@ export function createSweeper(ports: SweeperPorts, options: SweeperOptions): Swe
     return requeued;
   }
 
-  const tick = () => {
-    running = sweep()
-      .catch((error: unknown) => ports.logger.warn({ err: error instanceof Error ? error.message : String(error) }, 'sweep failed; will try again'))
-      .finally(() => {
-        if (timer) timer = setTimeout(tick, options.intervalMs).unref();
-      });
-  };
+  const task = createPeriodicTask(sweep, { intervalMs: options.intervalMs, logger: ports.logger, failure: 'sweep failed; will try again' });
 
   return {
     sweep,
-    start() {
-      timer = setTimeout(tick, Math.min(options.intervalMs, 1_000)).unref();
-    },
-    async stop() {
-      clearTimeout(timer);
-      timer = undefined;
-      await running;
-    },
+    start: task.start,
+    stop: task.stop,
   };
 }
