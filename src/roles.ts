@@ -207,7 +207,8 @@ export async function startWorker(config: Config, logger: Logger): Promise<Runni
       db: deps.db,
       websms: deps.websms,
       logger,
-      onFinal: async (messageId, _enterprise, status) => {
+      onFinal: async ({ messageId, enterpriseNumber, status, sentAt }) => {
+        telemetry.metrics.deliveryFinal(enterpriseNumber, status, sentAt ? Date.now() - sentAt.getTime() : null);
         await emitMessageEvent(callbackEvents, messageId, DELIVERY_EVENTS[status]);
       },
     },

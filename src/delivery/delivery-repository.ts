@@ -15,6 +15,8 @@ export interface DueCheck {
   providerRef: string | null;
   /** checks made so far */
   checks: number;
+  /** when WebSMS accepted it */
+  sentAt: Date | null;
 }
 
 // sent_at is server-local wall time (the old table's convention): as an instant, AT TIME ZONE.
@@ -28,7 +30,7 @@ const ms = (value: number) => sql`make_interval(secs => ${value / 1000})`;
  */
 export async function claimDueChecks(db: Db, options: { limit: number; leaseMs: number; scheduleMs: readonly number[] }): Promise<DueCheck[]> {
   const schedule = sql`${`{${options.scheduleMs.join(',')}}`}::bigint[]`;
-  const result = await sql<{ id: string; enterprise_number: string; message_id: string | null; provider_ref: string | null; delivery_checks: number; ask: boolean }>`
+  const result = await sql<{ id: string; enterprise_number: string; message_id: string | null; provider_ref: string | null; delivery_checks: number; sent_at: Date | null; ask: boolean }>`
     WITH due AS (
       SELECT id FROM user_sms_send
       WHERE delivery_next_check_at <= now()
@@ -43,7 +45,7 @@ export async function claimDueChecks(db: Db, options: { limit: number; leaseMs: 
     SET delivery_next_check_at = CASE WHEN p.due_at > now() THEN p.due_at ELSE now() + ${ms(options.leaseMs)} END
     FROM planned p
     WHERE u.id = p.id
-    RETURNING u.id, u.enterprise_number, u.message_id, u.provider_ref, u.delivery_checks, p.due_at <= now() AS ask`.execute(db);
+    RETURNING u.id, u.enterprise_number, u.message_id, u.provider_ref, u.delivery_checks, ${SENT_INSTANT} AS sent_at, p.due_at <= now() AS ask`.execute(db);
   return result.rows
     .filter((row) => row.ask)
     .map((row) => ({
@@ -52,6 +54,7 @@ export async function claimDueChecks(db: Db, options: { limit: number; leaseMs: 
       websmsMessageId: row.message_id === null ? null : Number(row.message_id),
       providerRef: row.provider_ref,
       checks: row.delivery_checks,
+      sentAt: row.sent_at,
     }));
 }
 

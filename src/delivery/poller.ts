@@ -19,7 +19,7 @@ export interface DeliveryPollerDeps {
   websms: Pick<WebsmsClient, 'lookupByMessageId' | 'lookupByCustomId'>;
   logger: Logger;
   /** a message's delivery status became final (callbacks, metrics); must not throw */
-  onFinal?: (messageId: number, enterpriseNumber: string, status: FinalDeliveryStatus) => Promise<void> | void;
+  onFinal?: (final: { messageId: number; enterpriseNumber: string; status: FinalDeliveryStatus; sentAt: Date | null }) => Promise<void> | void;
 }
 
 export interface DeliveryPollerOptions {
@@ -102,7 +102,7 @@ export function createDeliveryPoller(deps: DeliveryPollerDeps, options: Delivery
     if (status && isFinalDelivery(status)) {
       deps.logger.info({ messageId: check.id, enterprise: check.enterpriseNumber, deliveryStatus: status, code: result.kind === 'status' ? result.code : null }, 'delivery status final');
       try {
-        await deps.onFinal?.(check.id, check.enterpriseNumber, status);
+        await deps.onFinal?.({ messageId: check.id, enterpriseNumber: check.enterpriseNumber, status, sentAt: check.sentAt });
       } catch (error) {
         deps.logger.warn({ messageId: check.id, err: error instanceof Error ? error.message : String(error) }, 'delivery status follow-up failed');
       }

@@ -25,6 +25,12 @@ export const WEBSMS_LATENCY_BUCKETS_MS: readonly number[] = [25, 50, 100, 250, 5
  * rather than growing the hash (and every scrape) without limit.
  */
 export const MAX_SEND_SERIES = 5_000;
+
+/**
+ * Upper bounds (s) of the send → delivered buckets: the delivery checks' own schedule (1 min … 24 h,
+ * DELIVERY_POLL_SCHEDULE_MS) decides when a delivery is learned, so the buckets follow it.
+ */
+export const DELIVERY_TIME_BUCKETS_S: readonly number[] = [60, 300, 900, 1_800, 3_600, 7_200, 21_600, 86_400];
 export const OTHER_ENTERPRISE = '_other';
 
 export function metricsKeys(prefix: string) {
@@ -36,6 +42,10 @@ export function metricsKeys(prefix: string) {
     websms: `${base}:websms`,
     /** fields `waits`, `wait_ms` */
     limiter: `${base}:limiter`,
+    /** field `${deliveryStatus}:${enterprise}` → count of messages whose delivery status became final */
+    delivery: `${base}:delivery`,
+    /** fields `le:${bucketS|inf}`, `sum_ms`, `count`: send → delivered */
+    deliveryTime: `${base}:delivery-time`,
     /** set of worker ids with a heartbeat key (worker-heartbeat.ts) */
     workers: `${base}:workers`,
     worker: (id: string) => `${base}:worker:${id}`,
@@ -43,6 +53,8 @@ export function metricsKeys(prefix: string) {
 }
 
 export interface MetricsRecorder extends DeliveryMetrics {
+  /** A message's delivery status became final (src/delivery/); `sinceSendMs` for delivered ones. */
+  deliveryFinal(enterpriseNumber: string, status: 'delivered' | 'undelivered' | 'unknown', sinceSendMs: number | null): void;
   /** Counter writes dropped since this process started. */
   droppedWrites(): number;
 }
@@ -97,6 +109,20 @@ export function createMetricsRecorder(redis: Redis, prefix: string, options: { m
         ),
       );
     },
+    deliveryFinal(enterpriseNumber, status, sinceSendMs) {
+      fire(() => redis.eval(COUNT_SEND, 1, keys.delivery, `${status}:${enterpriseNumber}`, `${status}:${OTHER_ENTERPRISE}`, maxSendSeries));
+      if (status !== 'delivered' || sinceSendMs === null) return;
+      const bucket = DELIVERY_TIME_BUCKETS_S.find((le) => sinceSendMs <= le * 1_000) ?? 'inf';
+      fire(() =>
+        exec(
+          redis
+            .multi()
+            .hincrby(keys.deliveryTime, `le:${bucket}`, 1)
+            .hincrby(keys.deliveryTime, 'sum_ms', Math.max(0, Math.round(sinceSendMs)))
+            .hincrby(keys.deliveryTime, 'count', 1),
+        ),
+      );
+    },
     limiterWait(waitMs: number) {
       fire(() => exec(redis.multi().hincrby(keys.limiter, 'waits', 1).hincrby(keys.limiter, 'wait_ms', Math.max(0, Math.round(waitMs)))));
     },
@@ -116,17 +142,21 @@ export interface CounterSnapshot {
   sends: Array<{ enterprise: string; outcome: string; count: number }>;
   websms: LatencySeries[];
   limiter: { waits: number; waitMs: number };
+  delivery: Array<{ enterprise: string; status: string; count: number }>;
+  /** send → delivered: cumulative counts per upper bound (s), ending with Infinity */
+  deliveryTime: { buckets: Array<{ leS: number; count: number }>; sumS: number; count: number };
 }
 
 /** Everything the workers have counted, as of one read (a single transaction). */
 export async function readCounters(redis: Redis, prefix: string): Promise<CounterSnapshot> {
   const keys = metricsKeys(prefix);
-  const results = await redis.multi().hgetall(keys.sends).hgetall(keys.websms).hgetall(keys.limiter).exec();
+  const results = await redis.multi().hgetall(keys.sends).hgetall(keys.websms).hgetall(keys.limiter).hgetall(keys.delivery).hgetall(keys.deliveryTime).exec();
   if (!results) throw new Error('metrics read was aborted');
-  const [sends, websms, limiter] = results.map(([error, value]) => {
+  const [sends, websms, limiter, delivery, deliveryTime] = results.map(([error, value]) => {
     if (error) throw error;
     return value as Record<string, string>;
-  }) as [Record<string, string>, Record<string, string>, Record<string, string>];
+  }) as [Record<string, string>, Record<string, string>, Record<string, string>, Record<string, string>, Record<string, string>];
+  let cumulative = 0;
 
   return {
     sends: Object.entries(sends).map(([field, count]) => {
@@ -135,6 +165,18 @@ export async function readCounters(redis: Redis, prefix: string): Promise<Counte
     }),
     websms: latencySeries(websms),
     limiter: { waits: Number(limiter.waits ?? 0), waitMs: Number(limiter.wait_ms ?? 0) },
+    delivery: Object.entries(delivery).map(([field, count]) => {
+      const separator = field.indexOf(':');
+      return { status: field.slice(0, separator), enterprise: field.slice(separator + 1), count: Number(count) };
+    }),
+    deliveryTime: {
+      buckets: [...DELIVERY_TIME_BUCKETS_S, Infinity].map((leS) => {
+        cumulative += Number(deliveryTime[`le:${Number.isFinite(leS) ? leS : 'inf'}`] ?? 0);
+        return { leS, count: cumulative };
+      }),
+      sumS: Number(deliveryTime.sum_ms ?? 0) / 1_000,
+      count: Number(deliveryTime.count ?? 0),
+    },
   };
 }
 

@@ -101,6 +101,22 @@ function counterFamilies(snapshot: CounterSnapshot): MetricFamily[] {
       ]),
     },
     {
+      name: 'user_sms_delivery_final_total',
+      help: 'Sent messages whose delivery status became final, by enterprise and status (delivered, undelivered, unknown).',
+      type: 'counter',
+      samples: snapshot.delivery.map((d) => ({ labels: { enterprise: d.enterprise, status: d.status }, value: d.count })),
+    },
+    {
+      name: 'user_sms_delivery_seconds',
+      help: 'Time from the send to learning it was delivered (bounded below by the delivery checks\' schedule).',
+      type: 'histogram',
+      samples: [
+        ...snapshot.deliveryTime.buckets.map((b) => ({ suffix: '_bucket', labels: { le: Number.isFinite(b.leS) ? String(b.leS) : '+Inf' }, value: b.count })),
+        { suffix: '_sum', value: snapshot.deliveryTime.sumS },
+        { suffix: '_count', value: snapshot.deliveryTime.count },
+      ],
+    },
+    {
       name: 'user_sms_limiter_waits_total',
       help: 'Times a message had to wait for its enterprise rate-limit slot.',
       type: 'counter',

@@ -1,8 +1,7 @@
 import { Redis } from 'ioredis';
 import { redisOptions } from '../deps.ts';
 import type { Logger } from '../logger.ts';
-import type { DeliveryMetrics } from '../messages/deliver.ts';
-import { createMetricsRecorder } from './metrics-store.ts';
+import { createMetricsRecorder, type MetricsRecorder } from './metrics-store.ts';
 import { startWorkerHeartbeat, type RunningHeartbeat } from './worker-heartbeat.ts';
 
 // What a worker process reports about itself: delivery counters and its heartbeat. It has its own
@@ -16,7 +15,7 @@ interface JobEvents {
 }
 
 export interface WorkerTelemetry {
-  metrics: DeliveryMetrics;
+  metrics: MetricsRecorder;
   /** Starts the heartbeat and counts the worker's finished jobs. */
   start(worker: JobEvents): void;
   stop(): Promise<void>;

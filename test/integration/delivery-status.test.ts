@@ -4,6 +4,7 @@ import { claimDueChecks } from '../../src/delivery/delivery-repository.ts';
 import { sandboxTriggers } from '../../src/websms/sandbox.ts';
 import { createTestEnv, DEMO_KEY, DEMO_USER, eventually, postJson, type TestEnv } from '../support/context.ts';
 import { runCli } from '../support/cli.ts';
+import { parsePrometheusText, sampleValue } from '../support/prometheus-text.ts';
 
 // Delivery status, polled from WebSMS (the sandbox, which plays queued → accepted by operator → final
 // over DELIVERY_MS) on a compressed schedule, through the real API, worker, PostgreSQL and Redis.
@@ -130,8 +131,8 @@ describe('delivery status', () => {
     do {
       const [next, keys] = await env.redis.scan(cursor, 'MATCH', `${env.config.queuePrefix}*`, 'COUNT', 1000);
       cursor = next;
-      // The queue's own bookkeeping stays (the worker is running on it); everything about messages goes.
-      const messageKeys = keys.filter((k) => !/:(meta|id|events|stalled-check|marker)$/.test(k));
+      // The queue's own bookkeeping and the counters stay (the worker is running on them); everything about messages goes.
+      const messageKeys = keys.filter((k) => !/:(meta|id|events|stalled-check|marker)$/.test(k) && !k.includes(':metrics:'));
       if (messageKeys.length > 0) await env.redis.del(...messageKeys);
     } while (cursor !== '0');
     expect((await finalRow(sent.id)).delivery_status).toBe('delivered');
@@ -169,6 +170,40 @@ describe('delivery, as operators see it', () => {
     expect(listed).toMatchObject({ enterprise_number: '0367', delivery_status: 'undelivered', delivery_code: 2 });
     expect(listed!.phone).not.toContain(sandboxTriggers.deliveryRejected);
     expect(undelivered.rows.some((r) => r.id === delivered.id)).toBe(false);
+  });
+});
+
+describe('delivery in /metrics', () => {
+  it('counts each final delivery status once per message, by enterprise, and times send → delivered', async () => {
+    await finalRow((await send(PHONE)).id);
+    // Every message of this file has finished its checks, or is left alone by the poller.
+    await eventually(async () => {
+      const open = await env.db.selectFrom('user_sms_send').select('id').where('delivery_status', '=', 'pending').execute();
+      return open.length === 0 ? true : undefined;
+    }, 20_000);
+    const final = await env.db
+      .selectFrom('user_sms_send')
+      .select(['enterprise_number', 'delivery_status'])
+      .where('delivery_status', 'in', ['delivered', 'undelivered', 'unknown'])
+      .execute();
+    const expected = (enterprise: string, status: string) => final.filter((r) => r.enterprise_number === enterprise && r.delivery_status === status).length;
+    let text = '';
+    const families = await eventually(async () => {
+      text = await (await fetch(`${baseUrl}/metrics`)).text();
+      const f = parsePrometheusText(text);
+      return sampleValue(f, 'user_sms_delivery_seconds_count') === expected('0367', 'delivered') + expected('0368', 'delivered') ? f : undefined;
+    }).catch((error: unknown) => {
+      throw new Error(`${String(error)}; expected ${JSON.stringify(final)}; got ${text.split('\n').filter((l) => l.includes('delivery')).join(' | ')}`);
+    });
+    for (const enterprise of ['0367', '0368']) {
+      for (const status of ['delivered', 'undelivered', 'unknown']) {
+        expect(sampleValue(families, 'user_sms_delivery_final_total', { enterprise, status }) ?? 0, `${enterprise} ${status}`).toBe(expected(enterprise, status));
+      }
+    }
+    expect(expected('0367', 'undelivered')).toBeGreaterThan(0);
+    // Delivered at the sandbox after 1 s, learned at the check 1.5 s after the send: all in the first bucket (≤ 60 s).
+    expect(sampleValue(families, 'user_sms_delivery_seconds_bucket', { le: '60' })).toBe(sampleValue(families, 'user_sms_delivery_seconds_count'));
+    expect(sampleValue(families, 'user_sms_delivery_seconds_sum')).toBeGreaterThan(0);
   });
 });
 
@@ -220,7 +255,7 @@ describe('delivery checks as a queue in the table', () => {
 
     // Its check comes due: one claimant gets it, leased for a minute; nobody else meanwhile.
     await sql`UPDATE user_sms_send SET sent_at = LOCALTIMESTAMP - interval '61 seconds', delivery_next_check_at = now() WHERE id = ${String(id)}`.execute(quiet.db);
-    expect(await claim()).toEqual([{ id, enterpriseNumber: '0367', websmsMessageId: 76440001, providerRef: null, checks: 0 }]);
+    expect(await claim()).toEqual([{ id, enterpriseNumber: '0367', websmsMessageId: 76440001, providerRef: null, checks: 0, sentAt: expect.any(Date) as Date }]);
     expect((await stored()).delivery_next_check_at!.getTime()).toBeGreaterThan(Date.now() + 55_000);
     expect(await claim()).toEqual([]);
 
