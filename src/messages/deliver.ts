@@ -113,6 +113,9 @@ export async function deliverMessage(deps: DeliveryDeps, attempt: DeliveryAttemp
   // and nothing is sent (fail closed), never an over-limit burst.
   const turn = await takeTurn(deps.line, attempt.enterpriseNumber, id, `${id}:${randomUUID()}`);
   if (turn.kind === 'wait') {
+    // A wait found only now (the message was queued with no delay, or woke before its turn) is a
+    // wait too; one planned at enqueue is counted when the message runs (waitedInLineMs below).
+    if (!attempt.waitedInLineMs) deps.metrics?.limiterWait(turn.delayMs);
     await markWaitingForSlot(db, id, new Date(Math.max(Date.now(), turn.etaMs)));
     return { kind: 'wait', delayMs: turn.delayMs, reason: turn.reason };
   }
