@@ -40,8 +40,10 @@ describe('balance watch', () => {
   it('puts every active enterprise balance in /metrics within one refresh; one that WebSMS refuses does not stop the others', async () => {
     const families = await eventually(async () => {
       const f = await scrape();
+      // A round writes each enterprise's balance as it reads it, and its own end last: wait for that.
       return sampleValue(f, 'user_sms_websms_balance_byn', { enterprise: '0368', account: 'sms' }) !== undefined &&
-        sampleValue(f, 'user_sms_websms_balance_refreshed_timestamp_seconds', { enterprise: '0369' }) !== undefined
+        sampleValue(f, 'user_sms_websms_balance_refreshed_timestamp_seconds', { enterprise: '0369' }) !== undefined &&
+        (sampleValue(f, 'user_sms_balance_watch_last_round_timestamp_seconds') ?? 0) > 0
         ? f
         : undefined;
     });
