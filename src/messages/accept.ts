@@ -130,14 +130,19 @@ export async function acceptMessage(deps: AcceptDeps, command: SendCommand, call
   const id = admission.id;
   const link = statusUrl(id, statusKey.key);
   const wait = command.wait && deps.sendWaitMs > 0 ? deps.waitForJob(id, deps.sendWaitMs) : undefined;
+  let place: { etaMs: number } | void;
   try {
-    const place = await deps.enqueue(id, command.enterpriseNumber);
-    // Its turn comes after the wait would end: answer 202 now instead of holding the caller for nothing.
-    if (place && place.etaMs > Date.now() + deps.sendWaitMs) wait?.cancel();
+    place = await deps.enqueue(id, command.enterpriseNumber);
   } catch (error) {
     wait?.cancel();
     return queueUnavailable(deps, id, command, log, error);
   }
+  // Asked not to wait: 202 as of acceptance, always (a fast worker may already be sending it; the
+  // status_url tells what became of it). Its place in line gives the expected time without reading
+  // the row back.
+  if (!command.wait && place) return { httpStatus: 202, body: acceptedEnvelope(id, command.customId, new Date(Math.max(Date.now(), place.etaMs)), link) };
+  // Its turn comes after the wait would end: answer 202 now instead of holding the caller for nothing.
+  if (place && place.etaMs > Date.now() + deps.sendWaitMs) wait?.cancel();
 
   if (!wait) return answerQueued(deps, id, command.customId, link);
   const finish = await wait.finished;
@@ -158,22 +163,26 @@ async function answerQueued(deps: AcceptDeps, id: number, customId: string | nul
     return await answerFromRow(deps, id, link);
   } catch (error) {
     deps.logger.warn({ messageId: id, err: describe(error) }, 'message queued but its state could not be read; answering 202');
-    const body: SendEnvelope = {
-      success: false,
-      message_id: null,
-      price: null,
-      parts: null,
-      amount: null,
-      custom_id: customId,
-      error: null,
-      id,
-      status: 'queued',
-      // Unknown without the row and the limiter; "now" as expectedSendAt does when it cannot ask.
-      expected_send_at: new Date().toISOString(),
-      status_url: link,
-    };
-    return { httpStatus: 202, body };
+    // Unknown without the row and the line; "now" as expectedSendAt does when it cannot ask.
+    return { httpStatus: 202, body: acceptedEnvelope(id, customId, new Date(), link) };
   }
+}
+
+/** A message accepted and queued, as a 202 says it without reading its row. */
+function acceptedEnvelope(id: number, customId: string | null, expectedSendAt: Date, link: string): SendEnvelope {
+  return {
+    success: false,
+    message_id: null,
+    price: null,
+    parts: null,
+    amount: null,
+    custom_id: customId,
+    error: null,
+    id,
+    status: 'queued',
+    expected_send_at: expectedSendAt.toISOString(),
+    status_url: link,
+  };
 }
 
 /**
