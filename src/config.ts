@@ -3,6 +3,7 @@ import { parseApiTokens, type ApiToken } from './api/auth.ts';
 import { callbackSettings, type CallbackSettings } from './callbacks/callback-settings.ts';
 import { callbackHostProblem } from './callbacks/callback-hosts.ts';
 import { parseSchedule } from './delivery/delivery-status.ts';
+import { hasHashTag, parseHostPorts, type RedisTarget } from './redis-connection.ts';
 
 // The only reader of process.env. Every budget carries its unit in its name.
 
@@ -25,6 +26,21 @@ const environmentSchema = z.object({
   // connections serve many concurrent jobs; PostgreSQL's own limit is shared by every process.
   DATABASE_POOL_SIZE: integer(1, 200).default(10),
   REDIS_URL: url(['redis:', 'rediss:']).default('redis://127.0.0.1:6379'),
+  // Redis under Sentinel: the sentinels (host:port,…) and the name of the master they watch. Every
+  // connection asks them where the master is, so it follows a failover. REDIS_URL keeps giving the
+  // password, database and TLS; its host and port are not used.
+  REDIS_SENTINELS: z.string().optional(),
+  REDIS_SENTINEL_MASTER: z.string().regex(/^[A-Za-z0-9._-]{1,64}$/, 'letters, digits, . _ - only').optional(),
+  // Only when the sentinels themselves require a password (their requirepass).
+  REDIS_SENTINEL_PASSWORD: z.string().optional(),
+  // Redis Cluster: some of its nodes (host:port,…); the client learns the rest. Needs QUEUE_PREFIX
+  // with a {hash tag}, so that every key of the service lives in one slot.
+  REDIS_CLUSTER_NODES: z.string().optional(),
+  // Replicas that must hold a send's rate-limit grant before WebSMS is called (Redis WAIT), so that a
+  // failover cannot lose it. Default: 1 under Sentinel, 0 otherwise (a single Redis has no replica).
+  REDIS_GRANT_REPLICAS: integer(0, 16).optional(),
+  // How long a grant waits for those replicas; unacknowledged, the send waits too (fail closed).
+  REDIS_GRANT_WAIT_MS: integer(10, 10_000).default(500),
   WEBSMS_BASE_URL: url(['http:', 'https:']).default('https://cabinet.websms.by/api'),
   WEBSMS_DEFAULT_SENDER: z.string().min(1).max(11).default('Vochi-CRM'),
   WEBSMS_TIMEOUT_MS: integer(100, 120_000).default(30_000),
@@ -120,7 +136,12 @@ export interface Config {
   readonly host: string;
   readonly databaseUrl: string;
   readonly databasePoolSize: number;
+  /** REDIS_URL as given (in Sentinel and Cluster set-ups it carries only credentials and database) */
   readonly redisUrl: string;
+  /** where Redis is: one server, a Sentinel-watched master, or a Cluster (src/redis-connection.ts) */
+  readonly redis: RedisTarget;
+  /** replicas that acknowledge a rate-limit grant before its send, and how long that may take */
+  readonly grantReplication: { readonly replicas: number; readonly waitMs: number };
   readonly websms: {
     readonly baseUrl: string;
     readonly defaultSender: string;
@@ -201,6 +222,7 @@ export function loadConfig(env: NodeJS.ProcessEnv = process.env): Config {
   } catch (error) {
     throw new ConfigError(`Invalid configuration: ${error instanceof Error ? error.message : String(error)}`);
   }
+  const redis = redisTarget(e);
   for (const token of apiTokens ?? []) {
     const problem = token.callbackUrl === undefined ? undefined : callbackHostProblem(token.callbackUrl, callbacks.allowedHosts);
     if (problem) throw new ConfigError(`Invalid configuration: API_TOKENS: ${token.name}'s callback_url: ${problem}`);
@@ -211,6 +233,8 @@ export function loadConfig(env: NodeJS.ProcessEnv = process.env): Config {
     databaseUrl: e.DATABASE_URL,
     databasePoolSize: e.DATABASE_POOL_SIZE,
     redisUrl: e.REDIS_URL,
+    redis,
+    grantReplication: Object.freeze({ replicas: e.REDIS_GRANT_REPLICAS ?? (redis.kind === 'sentinel' ? 1 : 0), waitMs: e.REDIS_GRANT_WAIT_MS }),
     websms: Object.freeze({
       baseUrl: e.WEBSMS_BASE_URL.replace(/\/+$/, ''),
       defaultSender: e.WEBSMS_DEFAULT_SENDER,
@@ -253,4 +277,35 @@ export function loadConfig(env: NodeJS.ProcessEnv = process.env): Config {
       backoffMs: e.DELIVERY_POLL_BACKOFF_MS,
     }),
   });
+}
+
+/** Which Redis set-up the variables describe; contradictions stop start-up, naming the variables. */
+function redisTarget(e: Environment): RedisTarget {
+  const invalid = (message: string) => new ConfigError(`Invalid configuration: ${message}`);
+  const list = (name: 'REDIS_SENTINELS' | 'REDIS_CLUSTER_NODES', value: string) => {
+    try {
+      return Object.freeze(parseHostPorts(value).map((address) => Object.freeze(address)));
+    } catch (error) {
+      throw invalid(`${name}: ${error instanceof Error ? error.message : String(error)}`);
+    }
+  };
+  if (e.REDIS_SENTINELS !== undefined && e.REDIS_CLUSTER_NODES !== undefined) {
+    throw invalid('REDIS_SENTINELS and REDIS_CLUSTER_NODES: set one or the other (Sentinel or Cluster), not both');
+  }
+  if (e.REDIS_SENTINELS !== undefined) {
+    const sentinels = list('REDIS_SENTINELS', e.REDIS_SENTINELS);
+    if (e.REDIS_SENTINEL_MASTER === undefined) throw invalid('REDIS_SENTINEL_MASTER: required with REDIS_SENTINELS (the master name the sentinels watch)');
+    return Object.freeze({ kind: 'sentinel', url: e.REDIS_URL, sentinels, masterName: e.REDIS_SENTINEL_MASTER, sentinelPassword: e.REDIS_SENTINEL_PASSWORD });
+  }
+  if (e.REDIS_SENTINEL_MASTER !== undefined) throw invalid('REDIS_SENTINEL_MASTER: only meaningful with REDIS_SENTINELS');
+  if (e.REDIS_CLUSTER_NODES !== undefined) {
+    const nodes = list('REDIS_CLUSTER_NODES', e.REDIS_CLUSTER_NODES);
+    // Queue jobs, lines and counters are read and written together by Lua scripts and MULTI: in a
+    // Cluster they must share one slot, which the prefix's hash tag gives them.
+    if (!hasHashTag(e.QUEUE_PREFIX)) throw invalid(`QUEUE_PREFIX: with REDIS_CLUSTER_NODES it must contain a {hash tag}, e.g. {sms} (got ${e.QUEUE_PREFIX})`);
+    const db = new URL(e.REDIS_URL).pathname.replace(/^\//, '');
+    if (db !== '' && db !== '0') throw invalid(`REDIS_URL: a Redis Cluster has only database 0 (got /${db})`);
+    return Object.freeze({ kind: 'cluster', url: e.REDIS_URL, nodes });
+  }
+  return Object.freeze({ kind: 'single', url: e.REDIS_URL });
 }

@@ -1,6 +1,4 @@
-import { once } from 'node:events';
 import { Queue } from 'bullmq';
-import { Redis, type RedisOptions } from 'ioredis';
 import type { Config } from './config.ts';
 import { createDb, type Db } from './db/database.ts';
 import { markWaitingForSlot } from './messages/repository.ts';
@@ -10,24 +8,17 @@ import { leaveLine, type LinePorts } from './line/turns.ts';
 import { jobIdFor, SEND_JOB, SEND_QUEUE, sendJobOptions, type SendJobData } from './queue/jobs.ts';
 import { wakeJob } from './queue/wake.ts';
 import { createWebsmsClient, type WebsmsClient } from './websms/client.ts';
+import { createRedis, waitForRedis, type RedisClient } from './redis-connection.ts';
 
-// Builds and closes every connection. Two kinds of Redis connection, on purpose:
-// - commands (API): no offline queue and a command timeout, so a Redis outage is a fast 503, never
-//   a request hanging on a reconnect;
-// - workers and event streams: unlimited retries (BullMQ requires it for blocking commands), they
-//   simply resume when Redis is back.
-
-export function redisOptions(kind: 'command' | 'blocking'): RedisOptions {
-  return kind === 'command'
-    ? { enableOfflineQueue: false, maxRetriesPerRequest: 1, commandTimeout: 3_000, connectTimeout: 3_000 }
-    : { maxRetriesPerRequest: null, enableReadyCheck: true, connectTimeout: 3_000 };
-}
+// Builds and closes every connection. Redis connections come from src/redis-connection.ts, of two
+// kinds: commands (API: fail fast, a 503 rather than a hang) and blocking (workers and event streams:
+// they wait for Redis, or for the new master after a failover, and carry on).
 
 export interface Deps {
   config: Config;
   logger: Logger;
   db: Db;
-  redis: Redis;
+  redis: RedisClient;
   queue: Queue<SendJobData>;
   /** every enterprise's line and rolling-window limit (src/line) */
   line: EnterpriseLine;
@@ -54,9 +45,9 @@ export async function createDeps(config: Config, logger: Logger, role: 'api' | '
     max: config.databasePoolSize,
     applicationName: `user-sms-${role}`,
   });
-  const redis = new Redis(config.redisUrl, redisOptions(role === 'api' ? 'command' : 'blocking'));
+  const redis = createRedis(config.redis, role === 'api' ? 'command' : 'blocking', `user-sms-${role}`);
   redis.on('error', (error: Error) => logger.warn({ err: error.message }, 'redis connection error'));
-  await waitForRedis(redis, config.redisUrl);
+  await waitForRedis(redis, config.redis);
 
   const queue = new Queue<SendJobData>(SEND_QUEUE, { connection: redis, prefix: config.queuePrefix });
   queue.on('error', () => undefined); // surfaced through the calls that fail
@@ -123,26 +114,4 @@ export async function createDeps(config: Config, logger: Logger, role: 'api' | '
       await db.destroy();
     },
   };
-}
-
-async function waitForRedis(redis: Redis, url: string): Promise<void> {
-  if (redis.status === 'ready') return;
-  const timeout = AbortSignal.timeout(10_000);
-  try {
-    await once(redis, 'ready', { signal: timeout });
-  } catch {
-    redis.disconnect();
-    throw new Error(`Redis is not reachable at ${redactUrl(url)} (REDIS_URL)`);
-  }
-}
-
-/** Connection URLs may carry passwords: never print them. */
-export function redactUrl(url: string): string {
-  try {
-    const parsed = new URL(url);
-    if (parsed.password) parsed.password = '***';
-    return parsed.toString();
-  } catch {
-    return '(invalid URL)';
-  }
 }

@@ -3,8 +3,8 @@ import type { Server } from 'node:http';
 import type { Config } from './config.ts';
 import type { Logger } from './logger.ts';
 import { buildApp } from './app.ts';
-import { Redis } from 'ioredis';
-import { createDeps, redisOptions, type Deps } from './deps.ts';
+import { createDeps, type Deps } from './deps.ts';
+import { createRedis } from './redis-connection.ts';
 import { createRequestRateLimiter } from './api/request-rate-limit.ts';
 import { createCredentialThrottle } from './api/credential-throttle.ts';
 import { cancelMessage } from './queue/inspection.ts';
@@ -42,7 +42,7 @@ export interface RunningApi extends Running {
 export async function startApi(config: Config, logger: Logger): Promise<RunningApi> {
   const deps = await createDeps(config, logger, 'api');
   // The event stream blocks on its connection: it gets its own.
-  const eventsRedis = new Redis(config.redisUrl, redisOptions('blocking'));
+  const eventsRedis = createRedis(config.redis, 'blocking', 'user-sms-events');
   eventsRedis.on('error', () => undefined);
   const waiter = createCompletionWaiter(eventsRedis, config.queuePrefix);
   await waiter.ready();
@@ -144,9 +144,9 @@ const DELIVERY_ACCOUNT_CONCURRENCY = 4;
 
 export async function startWorker(config: Config, logger: Logger): Promise<Running> {
   const deps = await createDeps(config, logger, 'worker');
-  const workerRedis = new Redis(config.redisUrl, redisOptions('blocking'));
+  const workerRedis = createRedis(config.redis, 'blocking', 'user-sms-worker-jobs');
   workerRedis.on('error', () => undefined);
-  const telemetry = createWorkerTelemetry(config.redisUrl, config.queuePrefix, logger);
+  const telemetry = createWorkerTelemetry(config.redis, config.queuePrefix, logger);
   // Events for callers that gave a callback_url (src/callbacks): raised here for send outcomes.
   const callbackQueue = createCallbackQueue(deps.redis, config.queuePrefix);
   const callbackEvents = callbackEmitPorts(deps.db, logger, callbackQueue);
@@ -198,7 +198,7 @@ export async function startWorker(config: Config, logger: Logger): Promise<Runni
     logger,
     queue: callbackQueue,
     settings: config.callbacks,
-    redisUrl: config.redisUrl,
+    redis: config.redis,
     prefix: config.queuePrefix,
     sweeper: { intervalMs: config.sweeper.intervalMs, graceMs: config.sweeper.pendingAfterMs },
   });
@@ -218,7 +218,7 @@ export async function startWorker(config: Config, logger: Logger): Promise<Runni
   // Every enterprise's WebSMS balance, refreshed in the background: one round at a time for all workers.
   const balanceWatch = await startBalanceWatch(
     { db: deps.db, websms: deps.websms, cache: createBalanceCache(deps.redis, config.queuePrefix), logger },
-    { redis: deps.redis, redisUrl: config.redisUrl, prefix: config.queuePrefix, refreshMs: config.balanceRefreshS * 1_000, concurrency: DEFAULT_REFRESH_CONCURRENCY },
+    { redis: deps.redis, target: config.redis, prefix: config.queuePrefix, refreshMs: config.balanceRefreshS * 1_000, concurrency: DEFAULT_REFRESH_CONCURRENCY },
   );
   logger.info({ concurrency: config.worker.concurrency }, 'worker started');
 

@@ -1,6 +1,5 @@
 import { Queue, Worker } from 'bullmq';
-import { Redis } from 'ioredis';
-import { redisOptions } from '../src/deps.ts';
+import { createRedis, type RedisClient, type RedisTarget } from '../src/redis-connection.ts';
 import { refreshBalances, type BalanceRefreshPorts, type BalanceRound } from '../src/balance-watch/refresh-balances.ts';
 
 // The balance watch's schedule, on a queue of its own (never the send queue, so a round never takes a
@@ -19,9 +18,9 @@ const ROUND_JOB = 'refresh-balances';
 
 export interface BalanceWatchOptions {
   /** for the queue's commands: the worker process's connection */
-  redis: Redis;
+  redis: RedisClient;
   /** the watch's worker gets a connection of its own to block on */
-  redisUrl: string;
+  target: RedisTarget;
   prefix: string;
   refreshMs: number;
   concurrency: number;
@@ -49,7 +48,7 @@ export async function startBalanceWatch(ports: BalanceRefreshPorts, options: Bal
   );
 
   let stopping = false;
-  const connection = new Redis(options.redisUrl, { ...redisOptions('blocking'), connectionName: 'user-sms-balance-watch' });
+  const connection = createRedis(options.target, 'blocking', 'user-sms-balance-watch');
   connection.on('error', () => undefined); // the worker's 'error' event reports it
   const worker = new Worker<Record<string, never>, BalanceRound>(
     BALANCE_QUEUE,

@@ -1,4 +1,4 @@
-import type { Redis } from 'ioredis';
+import type { RedisClient } from '../redis-connection.ts';
 import { checkWindowOptions, countInFixedWindow } from './request-rate-limit.ts';
 
 // Failed credentials per client, counted in Redis so that every API process shares the count: a
@@ -21,7 +21,7 @@ export interface CredentialThrottle {
   failed(client: string): Promise<void>;
 }
 
-export function createCredentialThrottle(redis: Redis, options: CredentialThrottleOptions): CredentialThrottle {
+export function createCredentialThrottle(redis: RedisClient, options: CredentialThrottleOptions): CredentialThrottle {
   const { keyPrefix, limit, windowMs } = options;
   checkWindowOptions(limit, windowMs);
   const keyFor = (client: string) => `${keyPrefix}:auth-fail:${client}`;

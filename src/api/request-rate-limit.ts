@@ -1,5 +1,5 @@
 import type { RequestHandler } from 'express';
-import type { Redis } from 'ioredis';
+import type { RedisClient } from '../redis-connection.ts';
 import type { Logger } from '../logger.ts';
 import { isOpenPath } from './auth.ts';
 import { accessOf } from './access.ts';
@@ -39,7 +39,7 @@ export interface RequestRateLimiter {
 }
 
 /** Counts one event in `key`'s fixed window: the count so far and the ms until the window ends. */
-export async function countInFixedWindow(redis: Redis, key: string, windowMs: number): Promise<{ count: number; ttlMs: number }> {
+export async function countInFixedWindow(redis: RedisClient, key: string, windowMs: number): Promise<{ count: number; ttlMs: number }> {
   const reply = await redis.eval(SCRIPT, 1, key, windowMs);
   if (!Array.isArray(reply) || typeof reply[0] !== 'number' || typeof reply[1] !== 'number') {
     throw new Error(`fixed-window counter: unexpected reply from Redis: ${JSON.stringify(reply)}`);
@@ -53,7 +53,7 @@ export function checkWindowOptions(limit: number, windowMs: number): void {
   if (!Number.isSafeInteger(windowMs) || windowMs < 1) throw new RangeError(`windowMs must be a positive integer, got ${windowMs}`);
 }
 
-export function createRequestRateLimiter(redis: Redis, options: RequestRateOptions): RequestRateLimiter {
+export function createRequestRateLimiter(redis: RedisClient, options: RequestRateOptions): RequestRateLimiter {
   const { keyPrefix, limit, windowMs } = options;
   checkWindowOptions(limit, windowMs);
   return {

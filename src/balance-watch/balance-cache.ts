@@ -1,4 +1,4 @@
-import type { Redis } from 'ioredis';
+import type { RedisClient } from '../redis-connection.ts';
 
 // The last WebSMS balance of each enterprise, as the balance watch (refresh-balances.ts) and
 // `GET /enterprises/{n}/balance?fresh=true` found it. Redis holds numbers and timestamps under the
@@ -55,10 +55,10 @@ function finite(value: string | undefined | null): number | undefined {
   return Number.isFinite(number) ? number : undefined;
 }
 
-export function createBalanceCache(redis: Redis, prefix: string): BalanceCache {
+export function createBalanceCache(redis: RedisClient, prefix: string): BalanceCache {
   const keys = balanceCacheKeys(prefix);
   const field = (enterprise: string, name: Field) => `${enterprise}:${name}`;
-  const exec = async (transaction: ReturnType<Redis['multi']>): Promise<void> => {
+  const exec = async (transaction: ReturnType<RedisClient['multi']>): Promise<void> => {
     const results = await transaction.exec();
     if (!results) throw new Error('balance cache transaction was aborted');
     for (const [error] of results) if (error) throw error;

@@ -1,7 +1,6 @@
 import { Queue } from 'bullmq';
-import { Redis } from 'ioredis';
 import type { Db } from '../db/database.ts';
-import { redisOptions } from '../deps.ts';
+import { createRedis, type RedisClient, type RedisTarget } from '../redis-connection.ts';
 import type { Logger } from '../logger.ts';
 import { createCallbackWorker } from '../../workers/callback-worker.ts';
 import { CALLBACK_QUEUE, queueCallbackDelivery, requeueCallbackDelivery, type CallbackJobData } from './callback-jobs.ts';
@@ -14,7 +13,7 @@ import type { CallbackEmitPorts } from './emit-message-event.ts';
 // Composition of the callback side of a process: the queue every process that raises events needs,
 // and, in worker processes with callbacks on, the delivery worker, its sweeper and its counters.
 
-export function createCallbackQueue(redis: Redis, prefix: string): Queue<CallbackJobData> {
+export function createCallbackQueue(redis: RedisClient, prefix: string): Queue<CallbackJobData> {
   const queue = new Queue<CallbackJobData>(CALLBACK_QUEUE, { connection: redis, prefix });
   queue.on('error', () => undefined); // surfaced through the calls that fail
   return queue;
@@ -30,7 +29,7 @@ export interface CallbackDeliveryOptions {
   logger: Logger;
   queue: Queue<CallbackJobData>;
   settings: CallbackSettings;
-  redisUrl: string;
+  redis: RedisTarget;
   prefix: string;
   sweeper: { intervalMs: number; graceMs: number };
 }
@@ -45,9 +44,9 @@ export async function startCallbackDelivery(options: CallbackDeliveryOptions): P
   if (settings.allowedHosts.length === 0 || settings.signingSecret === undefined) return undefined;
   const sender = createCallbackSender({ allowedHosts: settings.allowedHosts, signingSecret: settings.signingSecret, timeoutMs: settings.timeoutMs });
   // Blocking commands need their own connection; counters a fail-fast one (a dropped count, never a pile-up).
-  const workerRedis = new Redis(options.redisUrl, redisOptions('blocking'));
+  const workerRedis = createRedis(options.redis, 'blocking', 'user-sms-callbacks');
   workerRedis.on('error', () => undefined);
-  const metricsRedis = new Redis(options.redisUrl, { ...redisOptions('command'), connectionName: 'user-sms-callback-metrics' });
+  const metricsRedis = createRedis(options.redis, 'command', 'user-sms-callback-metrics');
   metricsRedis.on('error', () => undefined);
   const worker = createCallbackWorker(
     {

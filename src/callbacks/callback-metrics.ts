@@ -1,4 +1,4 @@
-import type { Redis } from 'ioredis';
+import type { RedisClient } from '../redis-connection.ts';
 import type { Db } from '../db/database.ts';
 import { formatFamilies, type MetricFamily } from '../metrics/exposition.ts';
 import { countOpenEvents } from './callback-repository.ts';
@@ -14,7 +14,7 @@ export function callbackMetricsKey(prefix: string): string {
 
 const COUNTERS = ['delivered', 'failed_attempts', 'given_up'] as const;
 
-export function createCallbackMetrics(redis: Redis, prefix: string): CallbackMetrics {
+export function createCallbackMetrics(redis: RedisClient, prefix: string): CallbackMetrics {
   const key = callbackMetricsKey(prefix);
   const count = (counter: (typeof COUNTERS)[number], type: string) => {
     try {
@@ -37,7 +37,7 @@ const HELP: Record<(typeof COUNTERS)[number], [string, string]> = {
 };
 
 /** The callback families of /metrics; a source that cannot be read is left out. */
-export async function callbackMetricsText(redis: Redis, db: Db, prefix: string): Promise<string> {
+export async function callbackMetricsText(redis: RedisClient, db: Db, prefix: string): Promise<string> {
   const [counters, open] = await Promise.allSettled([redis.hgetall(callbackMetricsKey(prefix)), countOpenEvents(db)]);
   const families: MetricFamily[] = [];
   if (counters.status === 'fulfilled') {

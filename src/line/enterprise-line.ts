@@ -18,7 +18,7 @@
 //   its slot, so each waiting job runs about once, at its own slot, instead of all of them at every slot.
 import { createHash } from 'node:crypto';
 import { readFileSync } from 'node:fs';
-import type { Redis } from 'ioredis';
+import type { RedisClient } from '../redis-connection.ts';
 
 export interface EnterpriseLineOptions {
   /** Keys are `${keyPrefix}:line:${enterprise}` etc.: the queue prefix, whose hash tag keeps them in one Cluster slot. */
@@ -94,7 +94,7 @@ const scriptSha = createHash('sha1').update(script).digest('hex');
 /** Lua's unpack and Redis's argument lists both have limits: rebuild in batches. */
 const REBUILD_BATCH = 1_000;
 
-export function createEnterpriseLine(redis: Redis, options: EnterpriseLineOptions): EnterpriseLine {
+export function createEnterpriseLine(redis: RedisClient, options: EnterpriseLineOptions): EnterpriseLine {
   const { keyPrefix, limit, windowMs, marginMs = 0, turnTtlMs } = options;
   if (!Number.isSafeInteger(limit) || limit < 1) throw new RangeError(`limit must be a positive integer, got ${limit}`);
   if (!Number.isSafeInteger(windowMs) || windowMs < 1) throw new RangeError(`windowMs must be a positive integer, got ${windowMs}`);

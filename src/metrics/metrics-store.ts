@@ -1,4 +1,4 @@
-import type { Redis } from 'ioredis';
+import type { RedisClient } from '../redis-connection.ts';
 import type { DeliveryMetrics, SendOutcomeLabel } from '../messages/deliver.ts';
 import type { SendOutcome } from '../websms/client.ts';
 
@@ -71,7 +71,7 @@ return redis.call('HINCRBY', KEYS[1], ARGV[2], 1)`;
  * The delivery metrics port over Redis. Every method returns at once; a failed write is dropped
  * and counted, never thrown into the send.
  */
-export function createMetricsRecorder(redis: Redis, prefix: string, options: { maxSendSeries?: number } = {}): MetricsRecorder {
+export function createMetricsRecorder(redis: RedisClient, prefix: string, options: { maxSendSeries?: number } = {}): MetricsRecorder {
   const keys = metricsKeys(prefix);
   const maxSendSeries = options.maxSendSeries ?? MAX_SEND_SERIES;
   let dropped = 0;
@@ -86,7 +86,7 @@ export function createMetricsRecorder(redis: Redis, prefix: string, options: { m
     }
   };
   /** A transaction's failures come back per command, not as a rejection. */
-  const exec = async (transaction: ReturnType<Redis['multi']>): Promise<void> => {
+  const exec = async (transaction: ReturnType<RedisClient['multi']>): Promise<void> => {
     const results = await transaction.exec();
     if (!results || results.some(([error]) => error)) throw new Error('metrics transaction failed');
   };
@@ -148,7 +148,7 @@ export interface CounterSnapshot {
 }
 
 /** Everything the workers have counted, as of one read (a single transaction). */
-export async function readCounters(redis: Redis, prefix: string): Promise<CounterSnapshot> {
+export async function readCounters(redis: RedisClient, prefix: string): Promise<CounterSnapshot> {
   const keys = metricsKeys(prefix);
   const results = await redis.multi().hgetall(keys.sends).hgetall(keys.websms).hgetall(keys.limiter).hgetall(keys.delivery).hgetall(keys.deliveryTime).exec();
   if (!results) throw new Error('metrics read was aborted');

@@ -1,5 +1,5 @@
 import type { Queue } from 'bullmq';
-import type { Redis } from 'ioredis';
+import type { RedisClient } from '../redis-connection.ts';
 import { collectDefaultMetrics, Registry } from 'prom-client';
 import { formatFamilies, type MetricFamily } from './exposition.ts';
 import { readCounters, type CounterSnapshot } from './metrics-store.ts';
@@ -32,7 +32,7 @@ export interface MetricSource {
   read(): Promise<MetricFamily[]>;
 }
 
-export function createQueueMonitor(redis: Redis, queue: Queue, prefix: string, now: () => number = Date.now, sources: readonly MetricSource[] = []): QueueMonitor {
+export function createQueueMonitor(redis: RedisClient, queue: Queue, prefix: string, now: () => number = Date.now, sources: readonly MetricSource[] = []): QueueMonitor {
   const monitor: QueueMonitor = {
     jobCounts: () => queue.getJobCounts(...QUEUE_STATES),
     async oldestWaitingAgeMs() {

@@ -1,4 +1,4 @@
-import type { Redis } from 'ioredis';
+import type { RedisClient } from '../redis-connection.ts';
 import type { BalanceCache, CachedBalance } from '../balance-watch/balance-cache.ts';
 import type { Config } from '../config.ts';
 import type { Db } from '../db/database.ts';
@@ -75,7 +75,7 @@ export function balanceFamilies(balances: readonly CachedBalance[], lastRound: {
 export interface ServiceMetricPorts {
   config: { balanceRefreshS: number; rateLimit: Config['rateLimit'] };
   db: Db;
-  redis: Redis;
+  redis: RedisClient;
 }
 
 /** The same budget /health gives each check. */

@@ -1,5 +1,5 @@
 import { hostname } from 'node:os';
-import type { Redis } from 'ioredis';
+import type { RedisClient } from '../redis-connection.ts';
 import { metricsKeys } from './metrics-store.ts';
 
 // Worker liveness across processes and machines. Each worker process keeps a key with a TTL
@@ -36,7 +36,7 @@ export interface RunningHeartbeat {
 }
 
 export function startWorkerHeartbeat(
-  redis: Redis,
+  redis: RedisClient,
   prefix: string,
   stats: () => HeartbeatStats,
   options: { intervalMs?: number; ttlMs?: number; onError?: (error: unknown) => void } = {},
@@ -74,7 +74,7 @@ export function startWorkerHeartbeat(
 }
 
 /** Workers whose heartbeat key is still alive; ids whose key expired are removed from the set. */
-export async function readLiveWorkers(redis: Redis, prefix: string): Promise<WorkerHeartbeat[]> {
+export async function readLiveWorkers(redis: RedisClient, prefix: string): Promise<WorkerHeartbeat[]> {
   const keys = metricsKeys(prefix);
   const ids = await redis.smembers(keys.workers);
   if (ids.length === 0) return [];

@@ -1,5 +1,4 @@
-import { Redis } from 'ioredis';
-import { redisOptions } from '../deps.ts';
+import { createRedis, type RedisTarget } from '../redis-connection.ts';
 import type { Logger } from '../logger.ts';
 import { createMetricsRecorder, type MetricsRecorder } from './metrics-store.ts';
 import { startWorkerHeartbeat, type RunningHeartbeat } from './worker-heartbeat.ts';
@@ -24,8 +23,8 @@ export interface WorkerTelemetry {
 /** Dropped metric writes are logged at most this often: Redis errors are logged elsewhere already. */
 const DROPPED_LOG_INTERVAL_MS = 60_000;
 
-export function createWorkerTelemetry(redisUrl: string, prefix: string, logger: Logger): WorkerTelemetry {
-  const redis = new Redis(redisUrl, { ...redisOptions('command'), connectionName: 'user-sms-metrics' });
+export function createWorkerTelemetry(target: RedisTarget, prefix: string, logger: Logger): WorkerTelemetry {
+  const redis = createRedis(target, 'command', 'user-sms-metrics');
   redis.on('error', () => undefined); // counted as dropped writes
   const recorder = createMetricsRecorder(redis, prefix);
   let processed = 0;

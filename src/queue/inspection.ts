@@ -1,6 +1,6 @@
 import { hostname, userInfo } from 'node:os';
 import type { Job, Queue } from 'bullmq';
-import type { Redis } from 'ioredis';
+import type { RedisClient } from '../redis-connection.ts';
 import type { Db } from '../db/database.ts';
 import type { MessageStatus } from '../messages/message.ts';
 import { planCancel, planDrop, planRetry, type JobStateName, type JobStep, type OperatorPlan } from '../messages/operator-actions.ts';
@@ -16,7 +16,7 @@ export interface InspectionPorts {
   db: Db;
   queue: Queue<SendJobData>;
   /** the queue's own command connection, for the delayed set's scores */
-  redis: Redis;
+  redis: RedisClient;
   enqueue: (messageId: number, enterpriseNumber: string) => Promise<void>;
   /** WebSMS call budget: a row `sending` for longer than this plus a grace has no live call */
   websmsTimeoutMs: number;

@@ -1,7 +1,7 @@
 import { randomBytes } from 'node:crypto';
 import { Redis } from 'ioredis';
 import { afterAll, beforeAll, describe, expect, inject, it } from 'vitest';
-import { redisOptions } from '../../src/deps.ts';
+import { createRedis } from '../../src/redis-connection.ts';
 import { createMetricsRecorder, metricsKeys, OTHER_ENTERPRISE, readCounters } from '../../src/metrics/metrics-store.ts';
 import { readLiveWorkers, startWorkerHeartbeat } from '../../src/metrics/worker-heartbeat.ts';
 import type { Running } from '../../src/roles.ts';
@@ -215,7 +215,7 @@ describe('worker heartbeats and counters in Redis', () => {
   });
 
   it('never throws or waits when Redis is unreachable, and counts the dropped writes', async () => {
-    const nowhere = new Redis(`redis://127.0.0.1:${await freePort()}`, { ...redisOptions('command'), retryStrategy: () => null });
+    const nowhere = createRedis({ kind: 'single', url: `redis://127.0.0.1:${await freePort()}` }, 'command');
     nowhere.on('error', () => undefined);
     const recorder = createMetricsRecorder(nowhere, prefix);
     const started = performance.now();
