@@ -25,7 +25,7 @@ import { DEFAULT_REFRESH_CONCURRENCY } from './balance-watch/refresh-balances.ts
 import { startBalanceWatch } from '../workers/balance-worker.ts';
 import { callbackEmitPorts, createCallbackQueue, startCallbackDelivery } from './callbacks/callback-delivery.ts';
 import { callbackMetricsText } from './callbacks/callback-metrics.ts';
-import { emitMessageEvent, sendOutcomeEvent } from './callbacks/emit-message-event.ts';
+import { emitMessageEvent, emitOutcomeEvent, sendOutcomeEvent } from './callbacks/emit-message-event.ts';
 
 // The two roles a process can play. Both are stateless: run as many of each as needed.
 
@@ -61,6 +61,9 @@ export async function startApi(config: Config, logger: Logger): Promise<RunningA
     callbackHosts: config.callbacks.allowedHosts,
   };
   const balanceCache = createBalanceCache(deps.redis, config.queuePrefix);
+  // A caller's cancel raises its message.failed like any other final status.
+  const callbackQueue = createCallbackQueue(deps.redis, config.queuePrefix);
+  const callbackEvents = callbackEmitPorts(deps.db, logger, callbackQueue);
   const monitor = createQueueMonitor(deps.redis, deps.queue, config.queuePrefix, Date.now, serviceMetricSources(deps, balanceCache));
   const app = buildApp({
     logger,
@@ -92,7 +95,15 @@ export async function startApi(config: Config, logger: Logger): Promise<RunningA
       config.authFailuresPerMinute > 0 ? createCredentialThrottle(deps.redis, { keyPrefix: config.queuePrefix, limit: config.authFailuresPerMinute, windowMs: 60_000 }) : undefined,
     cancelMessage: (messageId, by) =>
       cancelMessage(
-        { db: deps.db, queue: deps.queue, redis: deps.redis, enqueue: deps.enqueue, websmsTimeoutMs: config.websms.timeoutMs, takeOutOfLine: deps.takeOutOfLine },
+        {
+          db: deps.db,
+          queue: deps.queue,
+          redis: deps.redis,
+          enqueue: deps.enqueue,
+          websmsTimeoutMs: config.websms.timeoutMs,
+          takeOutOfLine: deps.takeOutOfLine,
+          raiseEvent: (id, status) => emitOutcomeEvent(callbackEvents, id, status),
+        },
         { messageId, by },
       ),
     metrics: { prometheusText: async () => (await monitor.prometheusText()) + (await callbackMetricsText(deps.redis, deps.db, config.queuePrefix)) },
@@ -128,6 +139,7 @@ export async function startApi(config: Config, logger: Logger): Promise<RunningA
       clearTimeout(hardClose);
       await waiter.close();
       eventsRedis.disconnect();
+      await callbackQueue.close().catch(() => undefined);
       await deps.close();
       logger.info('api stopped');
     },

@@ -8,7 +8,7 @@ import { createCallbackMetrics } from './callback-metrics.ts';
 import { createCallbackSender } from './callback-sender.ts';
 import type { CallbackSettings } from './callback-settings.ts';
 import { createCallbackSweeper } from './callback-sweeper.ts';
-import type { CallbackEmitPorts } from './emit-message-event.ts';
+import { raiseOwedEvent, type CallbackEmitPorts } from './emit-message-event.ts';
 
 // Composition of the callback side of a process: the queue every process that raises events needs,
 // and, in worker processes with callbacks on, the delivery worker, its sweeper and its counters.
@@ -63,7 +63,7 @@ export async function startCallbackDelivery(options: CallbackDeliveryOptions): P
   worker.on('error', (error) => logger.warn({ err: error.message }, 'callback worker error'));
   await worker.waitUntilReady();
   const sweeper = createCallbackSweeper(
-    { db, logger, requeue: (eventId, messageId) => requeueCallbackDelivery(queue, eventId, messageId) },
+    { db, logger, requeue: (eventId, messageId) => requeueCallbackDelivery(queue, eventId, messageId), raiseOwed: (owed) => raiseOwedEvent(callbackEmitPorts(db, logger, queue), owed) },
     { intervalMs: options.sweeper.intervalMs, graceMs: options.sweeper.graceMs },
   );
   sweeper.start();

@@ -95,9 +95,14 @@ export interface NewCallbackEvent {
   createdAt: Date;
 }
 
-/** The new event's id; undefined when this change of this message was already raised. */
+/**
+ * The new event's id; undefined when this change of this message was already raised. Either way the
+ * change is no longer owed: the same statement settles its callback_owed marker.
+ */
 export async function insertEvent(db: Db, event: NewCallbackEvent): Promise<number | undefined> {
   const result = await sql<{ id: string }>`
+    WITH settled AS (
+      DELETE FROM callback_owed WHERE message_id = ${String(event.messageId)} AND type = ${event.type} AND revision = ${event.revision})
     INSERT INTO callback_events (message_id, type, revision, webhook_id, url, body, created_at, window_start_at, next_attempt_at)
     VALUES (${String(event.messageId)}, ${event.type}, ${event.revision}, ${event.webhookId}, ${event.url}, ${event.body},
             ${event.createdAt}, ${event.createdAt}, ${event.createdAt})
@@ -275,4 +280,26 @@ export async function countOpenEvents(db: Db): Promise<{ pending: number; givenU
     FROM callback_events WHERE status IN ('pending', 'given_up')`.execute(db);
   const row = result.rows[0];
   return { pending: Number(row?.pending ?? 0), givenUp: Number(row?.given_up ?? 0) };
+}
+
+/** A change of a message whose event was not raised yet (migration 2026-12-02T04-00_callback-owed). */
+export interface OwedEvent {
+  messageId: number;
+  type: string;
+  revision: number;
+}
+
+/** Markers older than graceMs: the event that should have settled them was never raised. */
+export async function findOverdueOwed(db: Db, graceMs: number, limit: number): Promise<OwedEvent[]> {
+  const result = await sql<{ message_id: string; type: string; revision: number }>`
+    SELECT message_id, type, revision FROM callback_owed
+    WHERE created_at < now() - make_interval(secs => ${graceMs / 1000})
+    ORDER BY created_at, message_id
+    LIMIT ${limit}`.execute(db);
+  return result.rows.map((row) => ({ messageId: Number(row.message_id), type: row.type, revision: row.revision }));
+}
+
+/** Forgets a marker whose message has moved on (its later change left a marker of its own). */
+export async function forgetOwed(db: Db, owed: OwedEvent): Promise<void> {
+  await sql`DELETE FROM callback_owed WHERE message_id = ${String(owed.messageId)} AND type = ${owed.type} AND revision = ${owed.revision}`.execute(db);
 }

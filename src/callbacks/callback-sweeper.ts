@@ -1,17 +1,21 @@
 import type { Db } from '../db/database.ts';
 import type { Logger } from '../logger.ts';
-import { findOverdueHeads } from './callback-repository.ts';
+import { findOverdueHeads, findOverdueOwed, type OwedEvent } from './callback-repository.ts';
 import { createPeriodicTask } from '../periodic-task.ts';
 
 // Events are rows first: a head event overdue for longer than a grace period has lost its job (Redis
 // was down when it was raised, lost its data, or the job failed for good while PostgreSQL was away),
-// and gets it back. Idempotent (one job id per event), so every worker process may run one.
+// and gets it back. And a message's change is a row before its event is: a change still owed after the
+// grace period (its worker died, or lost PostgreSQL, between the two) gets its event raised here.
+// Idempotent (one job id per event, one event per change), so every worker process may run one.
 
 export interface CallbackSweeperPorts {
   db: Db;
   logger: Logger;
   /** queues the event again unless its job is alive */
   requeue: (eventId: number, messageId: number) => Promise<'queued' | 'alive'>;
+  /** raises an owed event (emit-message-event.ts raiseOwedEvent) */
+  raiseOwed: (owed: OwedEvent) => Promise<'raised' | 'stale'>;
 }
 
 export interface CallbackSweeper {
@@ -22,6 +26,10 @@ export interface CallbackSweeper {
 
 export function createCallbackSweeper(ports: CallbackSweeperPorts, options: { intervalMs: number; graceMs: number; batchSize?: number }): CallbackSweeper {
   async function sweep(): Promise<number[]> {
+    for (const owed of await findOverdueOwed(ports.db, options.graceMs, options.batchSize ?? 200)) {
+      const result = await ports.raiseOwed(owed);
+      ports.logger.warn({ messageId: owed.messageId, type: owed.type, result }, 'callback sweeper raised an event its message change was owed');
+    }
     const heads = await findOverdueHeads(ports.db, options.graceMs, options.batchSize ?? 200);
     const queued: number[] = [];
     for (const head of heads) {

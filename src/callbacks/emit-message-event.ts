@@ -2,7 +2,7 @@ import { randomUUID } from 'node:crypto';
 import type { Db } from '../db/database.ts';
 import type { Logger } from '../logger.ts';
 import type { MessageStatus } from '../db/database.ts';
-import { findMessageSnapshot, insertEvent, isHead, type MessageSnapshot } from './callback-repository.ts';
+import { findMessageSnapshot, forgetOwed, insertEvent, isHead, type MessageSnapshot, type OwedEvent } from './callback-repository.ts';
 
 // Raising an event for a message whose caller gave a callback_url: recorded in PostgreSQL first (so a
 // Redis that loses its jobs loses no event: the callback sweeper queues it again), then queued for
@@ -98,6 +98,22 @@ export async function emitMessageEvent(ports: CallbackEmitPorts, messageId: numb
   return { kind: 'recorded', eventId, queued };
 }
 
+/**
+ * Raises an event its message's change left owed and nobody raised (the callback sweeper calls this).
+ * 'stale': the message has changed again since, so the body can no longer describe that change; its
+ * later change is owed or raised in its own right, and the marker is forgotten.
+ */
+export async function raiseOwedEvent(ports: CallbackEmitPorts, owed: OwedEvent): Promise<'raised' | 'stale'> {
+  const message = await findMessageSnapshot(ports.db, owed.messageId);
+  const type = MESSAGE_EVENT_TYPES.find((known) => known === owed.type);
+  if (!message || !type || message.revision !== owed.revision) {
+    await forgetOwed(ports.db, owed);
+    return 'stale';
+  }
+  await emitMessageEvent(ports, owed.messageId, type);
+  return 'raised';
+}
+
 /** The event a final send outcome raises (the send worker calls this once the outcome is recorded). */
 export function sendOutcomeEvent(status: MessageStatus): MessageEventType | undefined {
   switch (status) {
@@ -110,4 +126,10 @@ export function sendOutcomeEvent(status: MessageStatus): MessageEventType | unde
     default:
       return undefined;
   }
+}
+
+/** Raises the event of a message's final send status (cancel, drop …); nothing for other statuses. */
+export async function emitOutcomeEvent(ports: CallbackEmitPorts, messageId: number, status: MessageStatus): Promise<void> {
+  const type = sendOutcomeEvent(status);
+  if (type) await emitMessageEvent(ports, messageId, type);
 }

@@ -1,4 +1,6 @@
 import { loadConfig } from '../config.ts';
+import { callbackEmitPorts, createCallbackQueue } from '../callbacks/callback-delivery.ts';
+import { emitOutcomeEvent } from '../callbacks/emit-message-event.ts';
 import { createDeps } from '../deps.ts';
 import { createLogger } from '../logger.ts';
 import { dropMessage, LISTABLE_STATES, listJobs, retryMessage, type ActionResult, type InspectionPorts, type JobView, type ListableState } from '../queue/inspection.ts';
@@ -160,6 +162,9 @@ async function main(): Promise<number> {
 
   const config = loadConfig();
   const deps = await createDeps(config, createLogger('error', process.stderr), 'api');
+  // A drop raises the caller's event for the message's new status, as any final status does.
+  const callbackQueue = createCallbackQueue(deps.redis, config.queuePrefix);
+  const callbackEvents = callbackEmitPorts(deps.db, deps.logger, callbackQueue);
   const ports: InspectionPorts = {
     db: deps.db,
     queue: deps.queue,
@@ -167,6 +172,7 @@ async function main(): Promise<number> {
     enqueue: deps.enqueue,
     websmsTimeoutMs: config.websms.timeoutMs,
     takeOutOfLine: deps.takeOutOfLine,
+    raiseEvent: (id, status) => emitOutcomeEvent(callbackEvents, id, status),
   };
   try {
     if (command === 'list') {
@@ -179,6 +185,7 @@ async function main(): Promise<number> {
     const result = command === 'retry' ? await retryMessage(ports, request) : await dropMessage(ports, request);
     return report(command, result, values.json);
   } finally {
+    await callbackQueue.close().catch(() => undefined);
     await deps.close();
   }
 }

@@ -22,6 +22,11 @@ export interface InspectionPorts {
   websmsTimeoutMs: number;
   /** Takes a closed message out of its enterprise's line, so the messages behind it move up (src/line). */
   takeOutOfLine?: (messageId: number, enterpriseNumber: string) => Promise<void>;
+  /**
+   * Raises the caller's event for a message closed here (src/callbacks emitOutcomeEvent). Should it
+   * fail, the change is still owed (callback_owed) and the callback sweeper raises it.
+   */
+  raiseEvent?: (messageId: number, status: MessageStatus) => Promise<void>;
 }
 
 export type ListableState = 'active' | 'waiting' | 'delayed' | 'failed' | 'completed';
@@ -180,7 +185,10 @@ async function act(ports: InspectionPorts, request: ActionRequest, action: keyof
 
   const jobNote = await carryOutJobStep(ports, messageId, record.enterpriseNumber, jobFrom, plan.jobStep);
   // Should Redis not answer now, the line heals by itself: whoever finds a closed message at its head takes it out.
-  if (closing) await ports.takeOutOfLine?.(messageId, record.enterpriseNumber).catch(() => undefined);
+  if (closing) {
+    await ports.takeOutOfLine?.(messageId, record.enterpriseNumber).catch(() => undefined);
+    await ports.raiseEvent?.(messageId, plan.rowTo).catch(() => undefined);
+  }
   return {
     kind: 'done',
     messageId,
