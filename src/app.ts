@@ -18,6 +18,7 @@ import { sendRoute } from './api/send-route.ts';
 import { serviceRoutes, type HealthProbes, type ServiceInfo } from './api/service-routes.ts';
 import { metricsRoute, type MetricsRouteDeps } from './api/metrics-route.ts';
 import { dashboardRoutes, type DashboardDeps } from './api/dashboard.ts';
+import { messageConsoleRoutes } from './console/message-console-routes.ts';
 
 export interface AppDeps {
   logger: Logger;
@@ -41,6 +42,8 @@ export interface AppDeps {
   credentialThrottle?: CredentialThrottle | undefined;
   /** cancel for DELETE /messages/{id} (queue/inspection.ts) */
   cancelMessage: MessageRouteDeps['cancel'];
+  /** retry of one message for the message console (queue/inspection.ts retryMessage); undefined: no retry there */
+  retryMessage?: MessageRouteDeps['cancel'] | undefined;
   /** GET /metrics (metrics-route.ts); undefined: not mounted */
   metrics?: MetricsRouteDeps | undefined;
   /** the queue dashboard on /admin/queues (dashboard.ts); undefined: not mounted */
@@ -70,6 +73,17 @@ export function buildApp(deps: AppDeps): Express {
   app.use(reportRoutes(deps.db));
   if (deps.metrics) app.use(metricsRoute(deps.metrics));
   if (deps.dashboard) app.use(dashboardRoutes(deps.dashboard));
+  // The message console on /admin/messages; it acts only where the queue dashboard may (DASHBOARD_READ_ONLY).
+  app.use(
+    messageConsoleRoutes({
+      db: deps.db,
+      logger: deps.logger,
+      readOnly: deps.dashboard?.readOnly ?? true,
+      standing: deps.accept.standing,
+      cancel: deps.cancelMessage,
+      retry: deps.retryMessage,
+    }),
+  );
   app.use(docsRoute());
   app.use(notFoundHandler);
   app.use(errorHandler(deps.logger));

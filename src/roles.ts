@@ -7,7 +7,7 @@ import { createDeps, type Deps } from './deps.ts';
 import { createRedis } from './redis-connection.ts';
 import { createRequestRateLimiter } from './api/request-rate-limit.ts';
 import { createCredentialThrottle } from './api/credential-throttle.ts';
-import { cancelMessage } from './queue/inspection.ts';
+import { cancelMessage, retryMessage } from './queue/inspection.ts';
 import { answerMalformedRequests } from './api/malformed-http.ts';
 import type { AcceptDeps } from './messages/accept.ts';
 import { createSweeper } from './messages/sweeper.ts';
@@ -108,6 +108,12 @@ export async function startApi(config: Config, logger: Logger): Promise<RunningA
       ),
     metrics: { prometheusText: async () => (await monitor.prometheusText()) + (await callbackMetricsText(deps.redis, deps.db, config.queuePrefix)) },
     dashboard: { queue: deps.queue, readOnly: config.dashboard.readOnly },
+    // The message console's retry button: the jobs CLI's own retry (queue/inspection.ts).
+    retryMessage: (messageId, by) =>
+      retryMessage(
+        { db: deps.db, queue: deps.queue, redis: deps.redis, enqueue: deps.enqueue, websmsTimeoutMs: config.websms.timeoutMs, takeOutOfLine: deps.takeOutOfLine },
+        { messageId, by },
+      ),
   });
 
   const server: Server = app.listen(config.port, config.host);
