@@ -71,6 +71,8 @@ const OPERATOR_PATHS = [
   '/metrics',
   '/admin/queues',
   '/admin/queues/api/queues',
+  '/admin/messages',
+  '/admin/messages?enterprise=0367',
 ];
 
 const PATH_TRICKS = [
