@@ -57,6 +57,8 @@ export interface SendSpec {
   /** false: `?wait=false`, answered 202 at once */
   wait?: boolean;
   idempotencyKey?: string;
+  /** the message's callback_url (callbacks must be on: CALLBACK_ALLOWED_HOSTS) */
+  callbackUrl?: string;
   /** client-side budget for the whole request */
   timeoutMs?: number;
 }
@@ -262,6 +264,7 @@ export async function createHarness(options: HarnessOptions): Promise<Harness> {
           enterprise_number: enterprise.number,
           phone: spec.phone ?? `+37529${String(1_000_000 + n).slice(-7)}`,
           text: spec.text ?? `${options.scenario} ${enterprise.number} #${n}`,
+          ...(spec.callbackUrl ? { callback_url: spec.callbackUrl } : {}),
         };
         const headers: Record<string, string> = { 'content-type': 'application/json' };
         if (spec.idempotencyKey) headers['idempotency-key'] = spec.idempotencyKey;
