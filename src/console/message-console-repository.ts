@@ -54,29 +54,7 @@ const instant = (column: 'created_at' | 'sent_at') => sql`${sql.ref(column)} AT 
 
 /** Newest first, at most PAGE_SIZE + 1 rows: one more than a page says whether there is an older one. */
 export async function searchMessages(db: Db, criteria: SearchCriteria): Promise<MessageSummary[]> {
-  const conditions: RawBuilder<unknown>[] = [];
-  if (criteria.id !== undefined) conditions.push(sql`id = ${String(criteria.id)}`);
-  if (criteria.enterprise !== undefined) conditions.push(sql`enterprise_number = ${criteria.enterprise}`);
-  if (criteria.phone !== undefined) conditions.push(sql`phone = ${criteria.phone}`);
-  if (criteria.customId !== undefined) conditions.push(sql`custom_id = ${criteria.customId}`);
-  if (criteria.websmsMessageId !== undefined) conditions.push(sql`message_id = ${criteria.websmsMessageId}::bigint`);
-  if (criteria.from !== undefined) conditions.push(sql`created_at >= ${criteria.from}::timestamp`);
-  if (criteria.to !== undefined) conditions.push(sql`created_at <= ${criteria.to}::timestamp`);
-  if (criteria.before !== undefined) {
-    // The cursor's own created_at bounds the scan (an index condition); ties are broken by id.
-    const cursor = sql`(SELECT c.created_at FROM user_sms_send c WHERE c.id = ${String(criteria.before)})`;
-    conditions.push(sql`created_at <= ${cursor} AND (created_at < ${cursor} OR id < ${String(criteria.before)})`);
-  }
-  const where = conditions.length === 0 ? sql`` : sql`WHERE ${sql.join(conditions, sql` AND `)}`;
-  const rows = await withTimeout(db, (trx) =>
-    sql<SummaryRow>`
-      SELECT id, enterprise_number, phone, sender, custom_id, status, message_id, left(text, 50) AS text_preview,
-        error_code, delivery_status, ${instant('created_at')} AS created_at, ${instant('sent_at')} AS sent_at
-      FROM user_sms_send
-      ${where}
-      ORDER BY created_at DESC, id DESC
-      LIMIT ${PAGE_SIZE + 1}`.execute(trx),
-  );
+  const rows = await withTimeout(db, (trx) => searchStatement(criteria).execute(trx));
   return rows.rows.map((row) => ({
     id: Number(row.id),
     enterpriseNumber: row.enterprise_number,
@@ -91,6 +69,33 @@ export async function searchMessages(db: Db, criteria: SearchCriteria): Promise<
     createdAt: row.created_at,
     sentAt: row.sent_at,
   }));
+}
+
+/** The search's one statement (exported for the test that checks its plans use the indexes). */
+export function searchStatement(criteria: SearchCriteria): RawBuilder<SummaryRow> {
+  const conditions: RawBuilder<unknown>[] = [];
+  if (criteria.id !== undefined) conditions.push(sql`id = ${String(criteria.id)}`);
+  if (criteria.enterprise !== undefined) conditions.push(sql`enterprise_number = ${criteria.enterprise}`);
+  if (criteria.phone !== undefined) conditions.push(sql`phone = ${criteria.phone}`);
+  if (criteria.customId !== undefined) conditions.push(sql`custom_id = ${criteria.customId}`);
+  if (criteria.websmsMessageId !== undefined) conditions.push(sql`message_id = ${criteria.websmsMessageId}::bigint`);
+  if (criteria.from !== undefined) conditions.push(sql`created_at >= ${criteria.from}::timestamp`);
+  if (criteria.to !== undefined) conditions.push(sql`created_at <= ${criteria.to}::timestamp`);
+  if (criteria.before !== undefined) {
+    // The cursor's own created_at bounds the scan (an index condition); ties are broken by id.
+    const cursor = sql`(SELECT c.created_at FROM user_sms_send c WHERE c.id = ${String(criteria.before)})`;
+    conditions.push(sql`created_at <= ${cursor} AND (created_at < ${cursor} OR id < ${String(criteria.before)})`);
+  }
+  const where = conditions.length === 0 ? sql`` : sql`WHERE ${sql.join(conditions, sql` AND `)}`;
+  // Qualified: a bare `created_at` in ORDER BY would name the output column (the converted instant),
+  // which no index has, and PostgreSQL would sort the whole table for every page.
+  return sql<SummaryRow>`
+    SELECT id, enterprise_number, phone, sender, custom_id, status, message_id, left(text, 50) AS text_preview,
+      error_code, delivery_status, ${instant('created_at')} AS created_at, ${instant('sent_at')} AS sent_at
+    FROM user_sms_send
+    ${where}
+    ORDER BY user_sms_send.created_at DESC, user_sms_send.id DESC
+    LIMIT ${PAGE_SIZE + 1}`;
 }
 
 /** Everything the message page tells about one message, from its row. */
