@@ -100,7 +100,14 @@ const escapeRegExp = (s: string) => s.replace(/[.*+?^${}()|[\]\\]/g, '\\$&');
 const codePoints = (s: string) => [...s].length;
 
 beforeAll(async () => {
-  env = await createTestEnv({ RATE_LIMIT_PER_WINDOW: '10000', BODY_LIMIT_BYTES: String(BODY_LIMIT_BYTES), SEND_WAIT_MS: '3000' });
+  env = await createTestEnv({
+    RATE_LIMIT_PER_WINDOW: '10000',
+    BODY_LIMIT_BYTES: String(BODY_LIMIT_BYTES),
+    SEND_WAIT_MS: '3000',
+    // Callbacks on, to one host: a callback_url is judged on its own merits, not refused wholesale.
+    CALLBACK_ALLOWED_HOSTS: 'crm.example',
+    CALLBACK_SIGNING_SECRET: `whsec_${Buffer.alloc(32, 7).toString('base64')}`,
+  });
   await env.seedEnterprise({ number: '0367', name: 'june', customDomain: `${DEMO_USER} ${DEMO_KEY}` });
   await env.seedEnterprise({ number: '0400', customDomain: null });
   api = (await env.startService({ workers: 1 })).api!;
@@ -302,6 +309,54 @@ describe('POST /send refuses invalid bodies with a 4xx naming the problem, and l
         const answer = await postSend({ ...VALID, phone });
         expectRefusal(answer, [400], 'phone', JSON.stringify(phone));
         expect(answer.json.errors, phone).toEqual([expect.objectContaining({ field: 'phone' })]);
+      }
+    });
+  });
+
+  it('hostile callback_url values are refused with 422 naming the field or the setting', async () => {
+    const refusedAsUrl: unknown[] = [
+      'javascript:alert(1)',
+      'file:///etc/passwd',
+      'ftp://crm.example/x',
+      'gopher://crm.example:70/_x',
+      'data:text/plain,hi',
+      'http://',
+      '//crm.example/x',
+      '/relative/path',
+      'crm.example/x',
+      ' http://crm.example/x',
+      'http://crm.example/\u0000x',
+      'http://crm.example/a b',
+      'http://crm.exаmple/x', // Cyrillic а
+      'http://user:pass@crm.example/x',
+      'http://u@crm.example/x',
+      `http://crm.example/${'a'.repeat(2049)}`,
+      '',
+      375296254070,
+      true,
+      ['http://crm.example/x'],
+      { href: 'http://crm.example/x' },
+    ];
+    const refusedAsHost = [
+      'http://evil.example/x',
+      'http://crm.example.evil.example/x',
+      'http://evil.example/?crm.example',
+      'http://evil.example#@crm.example',
+      'http://crm.example%2f@evil.example/',
+      'http://127.0.0.1/x',
+      'http://2130706433/x',
+      'http://[::1]/x',
+      'http://169.254.169.254/latest/meta-data/',
+      'http://localhost/x',
+    ];
+    await leavesNothing(async () => {
+      for (const callbackUrl of refusedAsUrl) {
+        const answer = await postSend({ ...VALID, callback_url: callbackUrl });
+        expectRefusal(answer, [422], /callback_url/, JSON.stringify(callbackUrl).slice(0, 80));
+      }
+      for (const callbackUrl of refusedAsHost) {
+        const answer = await postSend({ ...VALID, callback_url: callbackUrl });
+        expectRefusal(answer, [422], /callback_url|CALLBACK_ALLOWED_HOSTS/, callbackUrl);
       }
     });
   });
