@@ -40,7 +40,7 @@ describe('ops/prometheus/alerts.yml', () => {
   });
 
   it('gives every rule a severity and a summary and description for the person on call', () => {
-    expect(rules.length).toBeGreaterThanOrEqual(13);
+    expect(rules.length).toBeGreaterThanOrEqual(17);
     for (const rule of rules) {
       expect(['page', 'ticket'], rule.alert).toContain(rule.labels?.severity);
       expect(rule.annotations?.summary, rule.alert).toBeTruthy();

@@ -63,7 +63,7 @@ describe('ops/grafana/user-sms.json', () => {
     }
   });
 
-  it('shows sends by outcome, latency percentiles, the queue and lines per enterprise, and balances', () => {
+  it('shows sends by outcome, latency percentiles, the queue and lines per enterprise, balances, delivery rate and callbacks', () => {
     const all = queries.map((q) => q.target.expr!).join('\n');
     for (const name of [
       'user_sms_sends_total',
@@ -72,6 +72,12 @@ describe('ops/grafana/user-sms.json', () => {
       'user_sms_enterprise_waiting_messages',
       'user_sms_websms_balance_byn',
       'user_sms_websms_balance_refreshed_timestamp_seconds',
+      'user_sms_delivery_final_total',
+      'user_sms_delivery_seconds_bucket',
+      'user_sms_callbacks_delivered_total',
+      'user_sms_callback_failed_attempts_total',
+      'user_sms_callbacks_given_up_total',
+      'user_sms_callback_events',
     ]) {
       expect(all).toContain(name);
     }
