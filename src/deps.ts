@@ -58,6 +58,7 @@ export async function createDeps(config: Config, logger: Logger, role: 'api' | '
     marginMs: config.rateLimit.marginMs,
     // A live call always ends its own turn within the WebSMS budget; a dead worker's turn lapses after this.
     turnTtlMs: config.websms.timeoutMs + 15_000,
+    grantReplication: config.grantReplication,
   });
   const websms = createWebsmsClient({ baseUrl: config.websms.baseUrl, timeoutMs: config.websms.timeoutMs, method: config.websms.method });
   const policy = { sendAttempts: config.worker.sendAttempts, retryBackoffMs: config.worker.retryBackoffMs, keepFinishedJobsS: config.keepFinishedJobsS };

@@ -18,6 +18,7 @@
 //   its slot, so each waiting job runs about once, at its own slot, instead of all of them at every slot.
 import { createHash } from 'node:crypto';
 import { readFileSync } from 'node:fs';
+import { Cluster, type ChainableCommander } from 'ioredis';
 import type { RedisClient } from '../redis-connection.ts';
 
 export interface EnterpriseLineOptions {
@@ -38,6 +39,13 @@ export interface EnterpriseLineOptions {
    * moves on. Longer than the WebSMS call budget, so a live call always ends its own turn.
    */
   turnTtlMs: number;
+  /**
+   * Replicas that must hold a grant before it is used (Redis WAIT on the connection that recorded it),
+   * and how long to wait for them. Replication is asynchronous: a grant only the master had dies with
+   * it in a failover, and the enterprise could then be granted that send again within the window. 0:
+   * grants are used at once (a single Redis, or a set-up that accepts the risk).
+   */
+  grantReplication?: { replicas: number; waitMs: number };
 }
 
 /** Where a message stands in its line. `etaMs`: expected arrival at WebSMS, ms on Redis's clock. */
@@ -60,7 +68,8 @@ export interface Wake {
 }
 
 export type TakeResult =
-  | { kind: 'granted'; grantedAt: number }
+  /** `replicated` false: the grant is recorded but no replica acknowledged it in time; send nothing on it yet */
+  | { kind: 'granted'; grantedAt: number; replicated: boolean }
   /** the head, waiting for the window: its own job must wake at its slot */
   | ({ kind: 'wait' } & LinePlace)
   /** another send of the enterprise is in flight; its end wakes the next head */
@@ -95,7 +104,7 @@ const scriptSha = createHash('sha1').update(script).digest('hex');
 const REBUILD_BATCH = 1_000;
 
 export function createEnterpriseLine(redis: RedisClient, options: EnterpriseLineOptions): EnterpriseLine {
-  const { keyPrefix, limit, windowMs, marginMs = 0, turnTtlMs } = options;
+  const { keyPrefix, limit, windowMs, marginMs = 0, turnTtlMs, grantReplication = { replicas: 0, waitMs: 0 } } = options;
   if (!Number.isSafeInteger(limit) || limit < 1) throw new RangeError(`limit must be a positive integer, got ${limit}`);
   if (!Number.isSafeInteger(windowMs) || windowMs < 1) throw new RangeError(`windowMs must be a positive integer, got ${windowMs}`);
   if (!Number.isSafeInteger(marginMs) || marginMs < 0) throw new RangeError(`marginMs must be a non-negative integer, got ${marginMs}`);
@@ -122,6 +131,31 @@ export function createEnterpriseLine(redis: RedisClient, options: EnterpriseLine
     return reply as unknown[];
   }
 
+  // WAIT covers every write the connection made before it, the grant included. A master with fewer
+  // replicas connected than asked for (one lost in a failover and not yet back) needs only those it
+  // has: with no replica there is nobody a failover could promote with the grant missing, and waiting
+  // for one that is not there would stop every send. In a Cluster a keyless command goes to any node:
+  // a pipeline led by a command on the grant's key takes it to the node (and the connection) that
+  // recorded the grant.
+  async function replicated(rateKey: string): Promise<boolean> {
+    const { replicas, waitMs } = grantReplication;
+    if (replicas === 0) return true;
+    const acknowledged = Number(await onGrantNode(rateKey, (c) => c.wait(replicas, waitMs)));
+    if (acknowledged >= replicas) return true;
+    const role = await onGrantNode(rateKey, (c) => c.role());
+    const connected = Array.isArray(role) && Array.isArray(role[2]) ? role[2].length : 0;
+    return acknowledged >= Math.min(replicas, connected);
+  }
+
+  async function onGrantNode(key: string, command: (c: ChainableCommander | RedisClient) => unknown): Promise<unknown> {
+    if (!(redis instanceof Cluster)) return command(redis);
+    const pipeline = redis.pipeline().exists(key);
+    command(pipeline);
+    const [error, value] = ((await pipeline.exec()) ?? [])[1] ?? [new Error('no reply'), undefined];
+    if (error) throw error;
+    return value;
+  }
+
   const num = (value: unknown, what: string): number => {
     const n = typeof value === 'number' ? value : Number(value);
     if (!Number.isFinite(n)) throw new Error(`enterprise line: ${what} is not a number: ${JSON.stringify(value)}`);
@@ -143,7 +177,7 @@ export function createEnterpriseLine(redis: RedisClient, options: EnterpriseLine
       const reply = await run('take', enterprise, messageId, token);
       switch (reply[0]) {
         case 'granted':
-          return { kind: 'granted', grantedAt: num(reply[1], 'grant time') };
+          return { kind: 'granted', grantedAt: num(reply[1], 'grant time'), replicated: await replicated(keysFor(enterprise)[1]!) };
         case 'wait':
           return { kind: 'wait', ...place(reply, 1) };
         case 'busy':

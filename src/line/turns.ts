@@ -35,6 +35,9 @@ export type TurnDecision =
   /** the message is not waiting any more (finished, cancelled, or being sent): read its row */
   | { kind: 'not-waiting' };
 
+/** A grant no replica acknowledged is tried again after this: replication is back within a second or two, or an operator must act. */
+const UNREPLICATED_RETRY_MS = 1_000;
+
 /** A head free to go for this long without taking its turn is looked after by whoever finds it. */
 const HEAD_OVERDUE_MS = 2_000;
 
@@ -45,6 +48,12 @@ export async function takeTurn(ports: LinePorts, enterprise: string, messageId: 
     const taken = await ports.line.take(enterprise, messageId, token);
     switch (taken.kind) {
       case 'granted':
+        if (!taken.replicated) {
+          // Recorded on the master only: a failover now could lose it and let the window be exceeded.
+          // Fail closed: the grant stays counted, the message comes back and takes another.
+          ports.logger.warn({ enterprise, messageId }, 'grant not acknowledged by a replica; the send waits');
+          return { kind: 'wait', delayMs: UNREPLICATED_RETRY_MS, etaMs: Date.now() + UNREPLICATED_RETRY_MS, reason: 'grant not acknowledged by a replica' };
+        }
         return { kind: 'go' };
       case 'wait':
         return { kind: 'wait', delayMs: Math.max(0, taken.slotInMs), etaMs: taken.etaMs, reason: 'rate limit' };

@@ -1,0 +1,269 @@
+import { execFile, spawn, type ChildProcess } from 'node:child_process';
+import { mkdtemp, rm, writeFile } from 'node:fs/promises';
+import net from 'node:net';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { promisify } from 'node:util';
+import { freePort } from './service-processes.ts';
+import { startTcpProxy, type TcpProxy } from './tcp-proxy.ts';
+
+// Redis set-ups of the test's own, from real redis-server processes on free loopback ports in temp
+// dirs, started and stopped by the test (the machine's shared Redis is never touched):
+// - a Sentinel set: a master, a replica (replicating through a TCP proxy the test can stall, to make
+//   replication lag on purpose) and three sentinels that fail over within a couple of seconds;
+// - a Cluster of three masters (no replicas), its slots assigned by `redis-cli --cluster create`.
+// Nothing is persisted: a server that restarts comes back empty, as a crashed cache would.
+
+const run = promisify(execFile);
+
+export interface RedisProcess {
+  readonly name: string;
+  readonly port: number;
+  pid(): number | undefined;
+  /** SIGKILL: a crash, no goodbye to anyone. */
+  kill(): Promise<void>;
+  /** (Re)starts on the same port, directory and arguments. */
+  start(): Promise<void>;
+  output(): string;
+}
+
+async function startRedisProcess(name: string, dir: string, port: number, args: string[]): Promise<RedisProcess> {
+  let child: ChildProcess | undefined;
+  let exited: Promise<void> = Promise.resolve();
+  const output: string[] = [];
+  const start = async () => {
+    if (child) return;
+    const started = spawn('redis-server', args, { stdio: ['ignore', 'pipe', 'pipe'], cwd: dir });
+    child = started;
+    started.stdout?.on('data', (chunk: Buffer) => output.push(chunk.toString('utf8')));
+    started.stderr?.on('data', (chunk: Buffer) => output.push(chunk.toString('utf8')));
+    exited = new Promise<void>((resolve) => started.once('exit', () => resolve()));
+    void exited.then(() => {
+      if (child === started) child = undefined;
+    });
+    const deadline = Date.now() + 10_000;
+    while (!(await pong(port))) {
+      if (child !== started || Date.now() > deadline) {
+        started.kill('SIGKILL');
+        throw new Error(`${name} (redis-server ${args.join(' ')}) did not start on port ${port}: ${output.join('').slice(-2_000)}`);
+      }
+      await new Promise((r) => setTimeout(r, 50));
+    }
+  };
+  await start();
+  return {
+    name,
+    port,
+    pid: () => child?.pid,
+    async kill() {
+      child?.kill('SIGKILL');
+      await exited;
+    },
+    start,
+    output: () => output.join(''),
+  };
+}
+
+const serverArgs = (port: number, dir: string) => ['--port', String(port), '--bind', '127.0.0.1', '--dir', dir, '--save', '', '--appendonly', 'no', '--protected-mode', 'no'];
+
+export const SENTINEL_MASTER = 'sms-test';
+
+export interface SentinelSet {
+  /** the servers as started: [0] the first master, [1] its replica */
+  readonly servers: readonly RedisProcess[];
+  readonly sentinels: readonly RedisProcess[];
+  /** between the replica and the first master: stall() makes replication lag */
+  readonly replicationProxy: TcpProxy;
+  /** What the service needs to follow the master through the sentinels. */
+  readonly env: Record<string, string>;
+  /** The master's port as the sentinels (the first that answers) report it. */
+  masterPort(): Promise<number | undefined>;
+  /** Every pid still running (servers and sentinels). */
+  pids(): number[];
+  /** Kills every process and removes the directories. */
+  close(): Promise<void>;
+}
+
+export async function startSentinelSet(options: { downAfterMs?: number } = {}): Promise<SentinelSet> {
+  const dir = await mkdtemp(join(tmpdir(), 'sms-sentinel-'));
+  const processes: RedisProcess[] = [];
+  let proxy: TcpProxy | undefined;
+  try {
+    const masterPort = await freePort();
+    const master = await startRedisProcess('master', dir, masterPort, [...serverArgs(masterPort, dir), '--dbfilename', 'master.rdb']);
+    processes.push(master);
+    proxy = await startTcpProxy({ host: '127.0.0.1', port: masterPort });
+    const replicaPort = await freePort();
+    // Through the proxy, but announcing where it really listens, so sentinels and a promoted master's
+    // replicas find it; repl-diskless-load keeps a full sync quick.
+    const replica = await startRedisProcess('replica', dir, replicaPort, [
+      ...serverArgs(replicaPort, dir),
+      '--dbfilename',
+      'replica.rdb',
+      '--replicaof',
+      '127.0.0.1',
+      String(proxy.port),
+      '--replica-announce-ip',
+      '127.0.0.1',
+    ]);
+    processes.push(replica);
+    await waitUntil('the replica to be in sync', 10_000, async () => (await info(replicaPort, 'replication')).includes('master_link_status:up'));
+
+    const downAfterMs = options.downAfterMs ?? 1_000;
+    const sentinels: RedisProcess[] = [];
+    for (let i = 0; i < 3; i += 1) {
+      const port = await freePort();
+      const conf = join(dir, `sentinel-${i}.conf`);
+      // Sentinel rewrites its config file as it learns: each its own, writable.
+      await writeFile(
+        conf,
+        [
+          `port ${port}`,
+          'bind 127.0.0.1',
+          'protected-mode no',
+          `dir ${dir}`,
+          `sentinel monitor ${SENTINEL_MASTER} 127.0.0.1 ${masterPort} 2`,
+          `sentinel down-after-milliseconds ${SENTINEL_MASTER} ${downAfterMs}`,
+          `sentinel failover-timeout ${SENTINEL_MASTER} 10000`,
+          `sentinel parallel-syncs ${SENTINEL_MASTER} 1`,
+          '',
+        ].join('\n'),
+      );
+      const sentinel = await startRedisProcess(`sentinel-${i}`, dir, port, [conf, '--sentinel']);
+      processes.push(sentinel);
+      sentinels.push(sentinel);
+    }
+    // Ready when every sentinel knows the replica and the other sentinels (it must, to vote and promote).
+    await waitUntil('the sentinels to know the replica and each other', 20_000, async () => {
+      for (const sentinel of sentinels) {
+        const master = await command(sentinel.port, ['SENTINEL', 'MASTER', SENTINEL_MASTER]);
+        const fields = new Map<string, string>();
+        for (let i = 0; i + 1 < master.length; i += 2) fields.set(master[i]!, master[i + 1]!);
+        if (fields.get('num-slaves') !== '1' || fields.get('num-other-sentinels') !== '2') return false;
+      }
+      return true;
+    });
+
+    const set: SentinelSet = {
+      servers: [master, replica],
+      sentinels,
+      replicationProxy: proxy,
+      env: {
+        REDIS_SENTINELS: sentinels.map((s) => `127.0.0.1:${s.port}`).join(','),
+        REDIS_SENTINEL_MASTER: SENTINEL_MASTER,
+        // Host and port unused under Sentinel; a port nothing listens on proves it.
+        REDIS_URL: 'redis://127.0.0.1:1/0',
+      },
+      async masterPort() {
+        for (const sentinel of sentinels) {
+          const reply = await command(sentinel.port, ['SENTINEL', 'GET-MASTER-ADDR-BY-NAME', SENTINEL_MASTER]).catch(() => undefined);
+          if (reply?.[1]) return Number(reply[1]);
+        }
+        return undefined;
+      },
+      pids: () => processes.map((p) => p.pid()).filter((pid): pid is number => pid !== undefined && isAlive(pid)),
+      async close() {
+        await Promise.all(processes.map((p) => p.kill()));
+        await proxy?.close();
+        await rm(dir, { recursive: true, force: true });
+      },
+    };
+    return set;
+  } catch (error) {
+    await Promise.all(processes.map((p) => p.kill()));
+    await proxy?.close();
+    await rm(dir, { recursive: true, force: true });
+    throw error;
+  }
+}
+
+export interface LocalCluster {
+  readonly nodes: readonly RedisProcess[];
+  /** REDIS_CLUSTER_NODES for the service */
+  readonly nodesVariable: string;
+  pids(): number[];
+  close(): Promise<void>;
+}
+
+/** Three masters, slots split by redis-cli; resolves once the cluster says `cluster_state:ok` everywhere. */
+export async function startLocalCluster(): Promise<LocalCluster> {
+  const dir = await mkdtemp(join(tmpdir(), 'sms-cluster-'));
+  const nodes: RedisProcess[] = [];
+  try {
+    for (let i = 0; i < 3; i += 1) {
+      const port = await freePort();
+      nodes.push(
+        await startRedisProcess(`node-${i}`, dir, port, [
+          ...serverArgs(port, dir),
+          '--dbfilename',
+          `node-${i}.rdb`,
+          '--cluster-enabled',
+          'yes',
+          '--cluster-config-file',
+          join(dir, `nodes-${i}.conf`),
+          '--cluster-node-timeout',
+          '2000',
+        ]),
+      );
+    }
+    await run('redis-cli', ['--cluster', 'create', ...nodes.map((n) => `127.0.0.1:${n.port}`), '--cluster-replicas', '0', '--cluster-yes'], { timeout: 30_000 });
+    await waitUntil('every cluster node to report cluster_state:ok', 20_000, async () => {
+      for (const node of nodes) if (!(await info(node.port, 'cluster', ['CLUSTER', 'INFO'])).includes('cluster_state:ok')) return false;
+      return true;
+    });
+    return {
+      nodes,
+      nodesVariable: nodes.map((n) => `127.0.0.1:${n.port}`).join(','),
+      pids: () => nodes.map((n) => n.pid()).filter((pid): pid is number => pid !== undefined && isAlive(pid)),
+      async close() {
+        await Promise.all(nodes.map((n) => n.kill()));
+        await rm(dir, { recursive: true, force: true });
+      },
+    };
+  } catch (error) {
+    await Promise.all(nodes.map((n) => n.kill()));
+    await rm(dir, { recursive: true, force: true });
+    throw error;
+  }
+}
+
+/** One command through redis-cli, its reply lines (arrays come one element a line). */
+export async function command(port: number, args: string[]): Promise<string[]> {
+  const { stdout } = await run('redis-cli', ['-h', '127.0.0.1', '-p', String(port), ...args], { timeout: 5_000 });
+  return stdout.split('\n').filter((line) => line !== '');
+}
+
+async function info(port: number, section: string, args: string[] = ['INFO', section]): Promise<string> {
+  return (await command(port, args).catch(() => [])).join('\n');
+}
+
+async function waitUntil(what: string, timeoutMs: number, check: () => Promise<boolean>): Promise<void> {
+  const deadline = Date.now() + timeoutMs;
+  while (!(await check().catch(() => false))) {
+    if (Date.now() > deadline) throw new Error(`timed out after ${timeoutMs} ms waiting for ${what}`);
+    await new Promise((r) => setTimeout(r, 100));
+  }
+}
+
+function pong(port: number): Promise<boolean> {
+  return new Promise((resolve) => {
+    const socket = net.connect({ host: '127.0.0.1', port });
+    const done = (ok: boolean) => {
+      socket.destroy();
+      resolve(ok);
+    };
+    socket.setTimeout(1_000, () => done(false));
+    socket.once('error', () => done(false));
+    socket.once('connect', () => socket.write('PING\r\n'));
+    socket.once('data', (data) => done(data.toString('utf8').startsWith('+PONG')));
+  });
+}
+
+function isAlive(pid: number): boolean {
+  try {
+    process.kill(pid, 0);
+    return true;
+  } catch {
+    return false;
+  }
+}
