@@ -8,6 +8,7 @@
 // table. Exit code 1 when a check fails (a missed target is reported, not failed), 2 for bad
 // options, 130 on Ctrl-C. `npm run bench -- --help` lists the options.
 import { execFileSync } from 'node:child_process';
+import { randomBytes } from 'node:crypto';
 import { mkdirSync, writeFileSync } from 'node:fs';
 import os from 'node:os';
 import { join } from 'node:path';
@@ -16,9 +17,9 @@ import { renderChart, type LatencySeries } from './chart.ts';
 import { closedLoop, roundRobinSource } from './load.ts';
 import { findRedisPid } from './measurements.ts';
 import { parseOptions, usage, type BenchOptions } from './options.ts';
-import { startStack, type LinesResult, type MemoryResult, type OverheadResult, type RateLimitResult, type ScaleResult, type ThroughputResult } from './phases.ts';
+import { startStack, type DeliveryCostResult, type LinesResult, type MemoryResult, type OverheadResult, type RateLimitResult, type ScaleResult, type ThroughputResult } from './phases.ts';
 import { evaluateTargets, renderTable, type BenchDocument } from './report.ts';
-import { ACCOUNTS, seedEnterprises, startBench, type Bench } from './stack.ts';
+import { ACCOUNTS, seedEnterprises, startBench, startCallbackCounter, type Bench } from './stack.ts';
 
 // Enterprise number prefixes (enterprises.number is VARCHAR(10)).
 const THROUGHPUT = 'T';
@@ -27,6 +28,7 @@ const OTHER = 'O';
 const SCALE = 'S';
 const LINE = 'L';
 const LINE_PROBE = 'P';
+const DELIVERY = 'D';
 const LINE_PROBES = 2_000;
 const OTHER_ENTERPRISES = 5_000;
 // The service's default limit, under which the throughput runs are made.
@@ -101,6 +103,7 @@ async function run(): Promise<number> {
   let rateLimit: RateLimitResult | null = null;
   let scale: ScaleResult | null = null;
   let lines: LinesResult | null = null;
+  let delivery: DeliveryCostResult | null = null;
   const wants = (phase: BenchOptions['phases'][number]) => options.phases.includes(phase);
 
   if (wants('throughput') || wants('overhead') || wants('soak')) {
@@ -212,6 +215,17 @@ async function run(): Promise<number> {
     checks.push(...stack.checks);
   }
 
+  if (wants('delivery')) {
+    const phase = await deliveryPhase(bench, options, concurrency, ledger, redisPid);
+    delivery = phase.result;
+    checks.push(...phase.checks);
+    checks.push({
+      name: 'every message of the delivery run got its final delivery status and both callbacks',
+      passed: delivery.deliveryFinal === delivery.messages && delivery.callbacksReceived === 2 * delivery.messages,
+      detail: `${delivery.messages} messages, ${delivery.deliveryFinal} final delivery statuses, ${delivery.callbacksReceived} callbacks delivered`,
+    });
+  }
+
   // Correctness over everything this run sent.
   const counts = await waitForFinalStates(bench.sql, 30_000);
   checks.push({ name: 'every message reached a final state', passed: counts.unfinished === 0, detail: `${counts.total} messages: ${JSON.stringify(counts.byStatus)}` });
@@ -271,6 +285,7 @@ async function run(): Promise<number> {
     rateLimit,
     scale,
     lines,
+    delivery,
   };
   const passed = checks.every((c) => c.passed);
   const doc: BenchDocument = { ...partial, targets: evaluateTargets(partial), checks, passed };
@@ -292,6 +307,113 @@ async function run(): Promise<number> {
   writeFileSync(join(options.outDir, 'latest.svg'), chart);
   process.stdout.write(`\n${renderTable(doc)}\n\nwritten: ${jsonPath}, ${svgPath}\n`);
   return passed ? 0 : 1;
+}
+
+/**
+ * The same closed loop on a stack without delivery look-ups or callbacks, then on one that looks up
+ * every message and delivers its two callbacks while the load runs.
+ */
+async function deliveryPhase(
+  bench: Bench,
+  options: BenchOptions,
+  concurrency: Record<string, string>,
+  ledger: SendLedger,
+  redisPid: number | undefined,
+): Promise<{ result: DeliveryCostResult; checks: CheckResult[] }> {
+  const latencyMs = options.latenciesMs[0] ?? 0;
+  await seedEnterprises(bench, DELIVERY, 0, options.enterprises, ACCOUNTS.service);
+  await bench.sandbox.setLatency(latencyMs);
+  const receiver = await startCallbackCounter();
+  const warmUp = options.quick ? 1 : 3;
+  try {
+    // Never asks during the run (the first look-up a day after the send); no callback_url, no callbacks.
+    log(`delivery: baseline stack (no look-ups, no callbacks), ${options.durationS} s at ${latencyMs} ms`);
+    const quiet = await startStack(bench, 'd0', options.workers, { ...concurrency, DELIVERY_POLL_SCHEDULE_MS: '86400000' }, options, ledger, redisPid);
+    const plain = roundRobinSource(DELIVERY, options.enterprises);
+    await quiet.measure(() => closedLoop({ label: 'warm-up', origin: quiet.service.apiUrl, target: 'service', source: plain, connections: options.connections, durationS: warmUp }), 'delivery warm-up');
+    const baseline = await quiet.measure(
+      () => closedLoop({ label: 'baseline', origin: quiet.service.apiUrl, target: 'service', source: plain, connections: options.connections, durationS: options.durationS }),
+      'delivery baseline',
+    );
+    await quiet.service.stop();
+
+    log(`delivery: stack with a look-up and two callbacks per message, ${options.durationS} s at ${latencyMs} ms`);
+    const full = await startStack(
+      bench,
+      'd1',
+      options.workers,
+      {
+        ...concurrency,
+        DELIVERY_POLL_SCHEDULE_MS: '300,1000,3000',
+        DELIVERY_POLL_INTERVAL_MS: '200',
+        CALLBACK_ALLOWED_HOSTS: '127.0.0.1',
+        CALLBACK_SIGNING_SECRET: `whsec_${randomBytes(32).toString('base64')}`,
+      },
+      options,
+      ledger,
+      redisPid,
+    );
+    const withCallbacks = roundRobinSource(DELIVERY, options.enterprises, plain.sent(), { callback_url: receiver.url });
+    // Until every successful message since `fromId` has its final delivery status and both callbacks
+    // delivered (bounded): the warm-up's must not spill into the measured run, the run's are its cost.
+    const lastId = async () => Number((await bench.sql.query<{ max: string | null }>('SELECT max(id) AS max FROM user_sms_send')).rows[0]?.max ?? 0);
+    let counts = { messages: 0, deliveryFinal: 0, callbacks: 0 };
+    const drain = async (fromId: number) => {
+      const deadline = Date.now() + 120_000;
+      for (;;) {
+        const { rows } = await bench.sql.query<{ messages: string; final: string; callbacks: string }>(
+          `SELECT count(*) FILTER (WHERE status = 'success') AS messages,
+                  count(*) FILTER (WHERE delivery_status IN ('delivered', 'undelivered', 'unknown')) AS final,
+                  (SELECT count(*) FROM callback_events WHERE message_id > $1 AND status = 'delivered') AS callbacks
+             FROM user_sms_send WHERE id > $1`,
+          [fromId],
+        );
+        counts = { messages: Number(rows[0]?.messages ?? 0), deliveryFinal: Number(rows[0]?.final ?? 0), callbacks: Number(rows[0]?.callbacks ?? 0) };
+        if ((counts.deliveryFinal === counts.messages && counts.callbacks === 2 * counts.messages) || Date.now() > deadline) return;
+        await new Promise((r) => setTimeout(r, 100));
+      }
+    };
+    const warmUpFrom = await lastId();
+    await full.measure(
+      () => closedLoop({ label: 'warm-up', origin: full.service.apiUrl, target: 'service', source: withCallbacks, connections: options.connections, durationS: warmUp }),
+      'delivery warm-up',
+      () => drain(warmUpFrom),
+    );
+    const firstId = await lastId();
+    let drainMs = 0;
+    const measured = await full.measure(
+      () => closedLoop({ label: 'with delivery', origin: full.service.apiUrl, target: 'service', source: withCallbacks, connections: options.connections, durationS: options.durationS }),
+      'delivery with look-ups and callbacks',
+      async () => {
+        const started = Date.now();
+        await drain(firstId);
+        drainMs = Date.now() - started;
+      },
+    );
+    await full.service.stop();
+    const strip = ({ samples: _samples, ...rest }: typeof measured.result) => rest;
+    const result: DeliveryCostResult = {
+      latencyMs,
+      baseline: strip(baseline.result),
+      withDelivery: strip(measured.result),
+      throughputRatio: measured.result.okPerS / baseline.result.okPerS,
+      cpuBaseline: baseline.cpu,
+      cpuWithDelivery: measured.cpu,
+      messages: counts.messages,
+      deliveryFinal: counts.deliveryFinal,
+      callbacksReceived: counts.callbacks,
+      drainMs,
+    };
+    log(
+      `  baseline ${result.baseline.okPerS.toFixed(0)}/s, with delivery ${result.withDelivery.okPerS.toFixed(0)}/s (${(result.throughputRatio * 100).toFixed(1)}%), ` +
+        `p50 ${result.baseline.latency.p50.toFixed(1)} → ${result.withDelivery.latency.p50.toFixed(1)} ms, p99 ${result.baseline.latency.p99.toFixed(1)} → ${result.withDelivery.latency.p99.toFixed(1)} ms, ` +
+        `CPU ${result.cpuBaseline.serviceTotal.toFixed(2)} → ${result.cpuWithDelivery.serviceTotal.toFixed(2)} ms per message; ` +
+        `${result.deliveryFinal}/${result.messages} final, ${result.callbacksReceived} callbacks, drained ${result.drainMs} ms after the load`,
+    );
+    return { result, checks: [...quiet.checks, ...full.checks] };
+  } finally {
+    await receiver.close();
+  }
 }
 
 try {

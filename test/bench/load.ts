@@ -76,15 +76,16 @@ export interface MessageSource {
  * Round-robin over enterprises `${prefix}0 … ${prefix}(n-1)`, shared by every run on one stack so
  * that at R sends/s each enterprise gets a message every n/R seconds: n ≥ 20·R keeps any four
  * consecutive sends of one enterprise more than 60 s apart, under the real 3-per-60-s limit.
+ * `extra`: fields added to every body (a callback_url, say).
  */
-export function roundRobinSource(prefix: string, enterprises: number, start = 0): MessageSource & { sent(): number } {
+export function roundRobinSource(prefix: string, enterprises: number, start = 0, extra: Record<string, unknown> = {}): MessageSource & { sent(): number } {
   let next = start;
   let direct = 0;
   const phone = (n: number) => `+37529${String(1_000_000 + (n % 8_999_999))}`;
   return {
     sendBody() {
       const n = next++;
-      return JSON.stringify({ enterprise_number: `${prefix}${n % enterprises}`, phone: phone(n), text: `Bench message ${n}` });
+      return JSON.stringify({ enterprise_number: `${prefix}${n % enterprises}`, phone: phone(n), text: `Bench message ${n}`, ...extra });
     },
     directPath() {
       const n = direct++;

@@ -4,7 +4,7 @@ import { parseArgs } from 'node:util';
 // clients, sandbox at 0 ms and 100 ms, enough enterprises that the real limit (3 per 60 s) never
 // binds during the throughput runs, a 30-message backlog over 3 workers for the limit.
 
-export const PHASES = ['throughput', 'overhead', 'soak', 'ratelimit', 'scale', 'lines'] as const;
+export const PHASES = ['throughput', 'overhead', 'soak', 'ratelimit', 'scale', 'lines', 'delivery'] as const;
 export type Phase = (typeof PHASES)[number];
 
 export interface BenchOptions {

@@ -97,6 +97,29 @@ export interface RateLimitResult {
   otherEnterprise: { probes: number; latencyMs: LatencySummary; statuses: Record<string, number>; samples: Array<{ atMs: number; latencyMs: number }> };
 }
 
+/**
+ * The cost of delivery status and callbacks: the same closed loop on two stacks, one that never asks
+ * WebSMS about delivery and raises no callback, one that asks about every message (the sandbox
+ * reports it final within 0.3 s, so one look-up each) and delivers two callbacks per message
+ * (message.sent, message.delivered) to a receiver in the bench process.
+ */
+export interface DeliveryCostResult {
+  latencyMs: number;
+  baseline: RunSummary;
+  withDelivery: RunSummary;
+  /** withDelivery ok/s ÷ baseline ok/s */
+  throughputRatio: number;
+  /** CPU per message includes the look-ups and callbacks, finished after the load */
+  cpuBaseline: CpuPerMessage;
+  cpuWithDelivery: CpuPerMessage;
+  /** of withDelivery's successful messages: how many got a final delivery status, how many callbacks were delivered */
+  messages: number;
+  deliveryFinal: number;
+  callbacksReceived: number;
+  /** from the end of the load until every look-up and callback was done */
+  drainMs: number;
+}
+
 export interface LinesResult {
   enterprises: number;
   perEnterprise: number;
@@ -192,10 +215,12 @@ export class StackRunner {
     await this.bench.sandbox.reset();
   }
 
-  async measure<T>(run: () => Promise<T>, label: string): Promise<{ result: T; cpu: CpuPerMessage }> {
+  /** `afterRun`: work the messages still cause after the load (delivery look-ups, callbacks), counted in their CPU. */
+  async measure<T>(run: () => Promise<T>, label: string, afterRun?: () => Promise<void>): Promise<{ result: T; cpu: CpuPerMessage }> {
     const before = await messageCount(this.bench);
     const start = await this.meter.snapshot();
     const result = await run();
+    await afterRun?.();
     await this.settle(label);
     const end = await this.meter.snapshot();
     const messages = (await messageCount(this.bench)) - before;

@@ -2,7 +2,7 @@ import type { CheckResult } from './checks.ts';
 import type { LatencySummary } from './load.ts';
 import { GROUPS } from './measurements.ts';
 import type { BenchOptions } from './options.ts';
-import type { CpuPerMessage, LinesResult, MemoryResult, MemorySample, OverheadResult, RateLimitResult, ScaleResult, ThroughputResult } from './phases.ts';
+import type { CpuPerMessage, DeliveryCostResult, LinesResult, MemoryResult, MemorySample, OverheadResult, RateLimitResult, ScaleResult, ThroughputResult } from './phases.ts';
 
 // The JSON document and the table printed from it. Targets are issue 5's; a missed target is
 // reported, a failed check fails the run.
@@ -24,6 +24,8 @@ export interface BenchDocument {
   scale: ScaleResult | null;
   /** long lines (issue 8): order, runs per message, expected-time error, limit */
   lines?: LinesResult | null;
+  /** delivery look-ups and callbacks (issue 9): their cost to the sends */
+  delivery?: DeliveryCostResult | null;
   targets: TargetResult[];
   checks: CheckResult[];
   passed: boolean;
@@ -105,6 +107,21 @@ export function evaluateTargets(doc: Omit<BenchDocument, 'targets' | 'checks' | 
       target: `${s.enterprises} enterprises: no per-enterprise state in process memory (live heap growth < 5 MB)`,
       measured: `live heap ${signed(heap)} MB (${worst > 0 ? `≤ ${num((worst * 1048576) / s.enterprises, 0)} B per enterprise` : 'no growth'}); RSS ${signed(delta(s.before.rss, s.after.rss))} MB`,
       met: Number.isFinite(worst) && worst < 5,
+    });
+  }
+  if (doc.delivery) {
+    const d = doc.delivery;
+    targets.push({
+      target: `delivery look-ups and callbacks for every message cost ≤ 20% of send throughput (${d.latencyMs} ms sandbox)`,
+      measured: `${num(d.withDelivery.okPerS, 0)} of ${num(d.baseline.okPerS, 0)}/s (${pct(d.throughputRatio)})`,
+      met: d.throughputRatio >= 0.8,
+    });
+    // "Adds nothing": within the run-to-run noise of a closed loop here, 1 ms or 10% of the baseline.
+    const added = d.withDelivery.latency.p50 - d.baseline.latency.p50;
+    targets.push({
+      target: 'delivery look-ups and callbacks add nothing to send latency (p50 within 1 ms or 10%)',
+      measured: `p50 ${num(d.baseline.latency.p50)} → ${num(d.withDelivery.latency.p50)} ms, p99 ${num(d.baseline.latency.p99)} → ${num(d.withDelivery.latency.p99)} ms`,
+      met: added <= Math.max(1, 0.1 * d.baseline.latency.p50),
     });
   }
   return targets;
@@ -243,6 +260,20 @@ export function renderTable(doc: BenchDocument): string {
     const names = Object.keys(s.after.rss);
     const row = (label: string, pick: (m: MemorySample) => Record<string, number | null>) => [label, ...names.map((n) => `${num(pick(s.start)[n], 0)} → ${num(pick(s.before)[n], 0)} → ${num(pick(s.after)[n], 0)}`)];
     out.push(table(['MB: start → after baseline → after', ...names], [row('RSS', (m) => m.rss), row('live heap', (m) => m.liveHeap)]), '');
+  }
+  if (doc.delivery) {
+    const d = doc.delivery;
+    out.push(`Delivery look-ups and callbacks: the same closed loop without them, then with a look-up and two callbacks per message (${d.latencyMs} ms sandbox)`);
+    out.push(
+      table(
+        ['run', 'sends/s', 'p50', 'p90', 'p99', 'max', 'CPU ms/msg (service)'],
+        [
+          ['without', num(d.baseline.okPerS, 0), ...lat(d.baseline.latency), num(d.cpuBaseline.serviceTotal, 3)],
+          ['with', num(d.withDelivery.okPerS, 0), ...lat(d.withDelivery.latency), num(d.cpuWithDelivery.serviceTotal, 3)],
+        ],
+      ),
+    );
+    out.push(`${d.deliveryFinal} of ${d.messages} final delivery statuses, ${d.callbacksReceived} callbacks delivered; done ${d.drainMs} ms after the load`, '');
   }
   out.push('Targets (issue 5)');
   out.push(table(['', 'target', 'measured'], doc.targets.map((t) => [t.met === null ? '?' : t.met ? 'met' : 'MISSED', t.target, t.measured])), '');

@@ -1,5 +1,7 @@
 import { randomBytes } from 'node:crypto';
 import { mkdirSync } from 'node:fs';
+import { createServer } from 'node:http';
+import type { AddressInfo } from 'node:net';
 import { resolve } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import pg from 'pg';
@@ -111,7 +113,8 @@ export async function startBench(options: { databaseUrl: string; redisUrl: strin
     // Its own process, so the sandbox does not share the load generator's event loop.
     const sandboxProcess = spawnNode(
       ['src/run.mjs', 'src/websms/sandbox-main.ts'],
-      { SANDBOX_PORT: String(port), SANDBOX_HOST: '127.0.0.1', SANDBOX_LATENCY_MS: '0', SANDBOX_ACCOUNTS: accounts },
+      // Delivery reports final within 0.3 s: the delivery phase's first look-up finds them final.
+      { SANDBOX_PORT: String(port), SANDBOX_HOST: '127.0.0.1', SANDBOX_LATENCY_MS: '0', SANDBOX_ACCOUNTS: accounts, SANDBOX_DELIVERY_MS: '300' },
       'sandbox',
     );
     teardown.add('stop sandbox', () => sandboxProcess.stop(5_000));
@@ -286,4 +289,27 @@ async function waitForWorkers(workers: ServiceProcess[], timeoutMs = 60_000): Pr
     if (Date.now() > deadline) throw new Error('workers did not start in time');
     await new Promise((r) => setTimeout(r, 100));
   }
+}
+
+/** A callback receiver for the delivery phase: takes every POST with 204 and counts them. */
+export async function startCallbackCounter(): Promise<{ url: string; received(): number; close(): Promise<void> }> {
+  let received = 0;
+  const server = createServer((req, res) => {
+    req.resume();
+    req.on('end', () => {
+      received += 1;
+      res.writeHead(204).end();
+    });
+  });
+  await new Promise<void>((done) => server.listen(0, '127.0.0.1', done));
+  const { port } = server.address() as AddressInfo;
+  return {
+    url: `http://127.0.0.1:${port}/events`,
+    received: () => received,
+    close: () =>
+      new Promise<void>((done) => {
+        server.closeAllConnections();
+        server.close(() => done());
+      }),
+  };
 }
