@@ -159,7 +159,7 @@ start() {
     return 1
   }
 
-  say "🚀 Starting User SMS service (port ${PORT:-8014}, ${WORKER_PROCESSES:-1} worker process(es)); log: $LOG_FILE"
+  say "🚀 Starting User SMS service (port ${PORT:-8014}, ${WORKER_PROCESSES:-one per CPU} worker process(es)); log: $LOG_FILE"
   # setsid: the service leads its own session and process group (PGID = PID), detached from this
   # terminal, so `stop` can signal the whole group. The shell writes its own PID, then becomes
   # the service (exec keeps the PID). The log is opened for appending: logrotate's copytruncate

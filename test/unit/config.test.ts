@@ -1,3 +1,4 @@
+import { availableParallelism } from 'node:os';
 import { describe, expect, it } from 'vitest';
 import { ConfigError, loadConfig } from '../../src/config.ts';
 
@@ -29,6 +30,12 @@ describe('loadConfig', () => {
   ])('refuses %s=%s with a message naming the variable', (name, value) => {
     expect(() => loadConfig({ [name]: value })).toThrow(ConfigError);
     expect(() => loadConfig({ [name]: value })).toThrow(name);
+  });
+
+  it('runs one worker process per CPU by default, and WORKER_PROCESSES overrides it', () => {
+    expect(loadConfig({}).worker.processes).toBe(Math.max(1, availableParallelism()));
+    expect(loadConfig({ WORKER_PROCESSES: '3' }).worker.processes).toBe(3);
+    expect(loadConfig({ WORKER_PROCESSES: '0' }).worker.processes).toBe(0);
   });
 
   it('treats empty variables as unset', () => {
