@@ -56,8 +56,8 @@ const environmentSchema = z.object({
   // Below nginx's 30 s proxy_read_timeout, with room for the answer itself.
   SEND_WAIT_MS: integer(0, 29_000).default(25_000),
   WORKER_CONCURRENCY: integer(1, 1000).default(64),
-  // Worker processes that `npm start` runs beside the API: one per CPU this process may use (cgroup
-  // limits included), so a bigger machine sends more without a setting.
+  // Worker processes that `npm start` runs beside the API: one per CPU this process may run on, so a
+  // bigger machine sends more without a setting.
   WORKER_PROCESSES: integer(0, 64).default(Math.min(64, Math.max(1, availableParallelism()))),
   // Send attempts per message for failures that are certainly not sent (error 1/7, refused
   // connections) and outcome lookups that could not be made.
