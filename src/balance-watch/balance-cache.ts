@@ -24,8 +24,12 @@ export interface CachedBalance {
 export interface BalanceCache {
   /** A successful read. */
   recordBalance(enterpriseNumber: string, balance: { sms: number; viber: number }, atMs: number): Promise<void>;
+  /** A successful read of an account, for each of its enterprises. */
+  recordBalances(enterpriseNumbers: readonly string[], balance: { sms: number; viber: number }, atMs: number): Promise<void>;
   /** A failed read: the last good balance stays, and ages. */
   recordFailure(enterpriseNumber: string, atMs: number): Promise<void>;
+  /** A failed read of an account, for each of its enterprises. */
+  recordFailures(enterpriseNumbers: readonly string[], atMs: number): Promise<void>;
   get(enterpriseNumber: string): Promise<CachedBalance | undefined>;
   all(): Promise<CachedBalance[]>;
   /** Forgets every enterprise not in `keep` (no longer active or configured): their gauges disappear. */
@@ -37,6 +41,8 @@ export interface BalanceCache {
 
 const FIELDS = ['sms', 'viber', 'refreshed_at', 'failed_at'] as const;
 type Field = (typeof FIELDS)[number];
+/** Enterprises written per command: one account's thousands of enterprises never make one huge command. */
+const ENTERPRISES_PER_COMMAND = 500;
 
 export function balanceCacheKeys(prefix: string) {
   return { balances: `${prefix}:balances`, round: `${prefix}:balances:round` };
@@ -64,17 +70,29 @@ export function createBalanceCache(redis: RedisClient, prefix: string): BalanceC
     for (const [error] of results) if (error) throw error;
   };
 
-  return {
+  const chunks = (numbers: readonly string[]) =>
+    Array.from({ length: Math.ceil(numbers.length / ENTERPRISES_PER_COMMAND) }, (_, i) => numbers.slice(i * ENTERPRISES_PER_COMMAND, (i + 1) * ENTERPRISES_PER_COMMAND));
+
+  const cache: BalanceCache = {
     async recordBalance(enterprise, balance, atMs) {
-      await exec(
-        redis
-          .multi()
-          .hset(keys.balances, field(enterprise, 'sms'), String(balance.sms), field(enterprise, 'viber'), String(balance.viber), field(enterprise, 'refreshed_at'), String(atMs))
-          .hdel(keys.balances, field(enterprise, 'failed_at')),
-      );
+      await cache.recordBalances([enterprise], balance, atMs);
+    },
+    async recordBalances(enterprises, balance, atMs) {
+      for (const chunk of chunks(enterprises)) {
+        const values = chunk.flatMap((e) => [field(e, 'sms'), String(balance.sms), field(e, 'viber'), String(balance.viber), field(e, 'refreshed_at'), String(atMs)]);
+        await exec(
+          redis
+            .multi()
+            .hset(keys.balances, ...values)
+            .hdel(keys.balances, ...chunk.map((e) => field(e, 'failed_at'))),
+        );
+      }
     },
     async recordFailure(enterprise, atMs) {
-      await redis.hset(keys.balances, field(enterprise, 'failed_at'), String(atMs));
+      await cache.recordFailures([enterprise], atMs);
+    },
+    async recordFailures(enterprises, atMs) {
+      for (const chunk of chunks(enterprises)) await redis.hset(keys.balances, ...chunk.flatMap((e) => [field(e, 'failed_at'), String(atMs)]));
     },
     async get(enterprise) {
       const [sms, viber, refreshedAt, failedAt] = await redis.hmget(keys.balances, ...FIELDS.map((name) => field(enterprise, name)));
@@ -109,6 +127,7 @@ export function createBalanceCache(redis: RedisClient, prefix: string): BalanceC
       return endedAtMs === undefined ? undefined : { endedAtMs, checked: finite(checked) ?? 0, failed: finite(failed) ?? 0 };
     },
   };
+  return cache;
 }
 
 function entry(enterpriseNumber: string, values: Partial<Record<Field, string | null>>): CachedBalance {

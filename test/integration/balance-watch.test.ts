@@ -2,6 +2,9 @@ import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { createTestEnv, DEMO_KEY, DEMO_USER, eventually, type TestEnv } from '../support/context.ts';
 import { parsePrometheusText, sampleValue, type ParsedFamily } from '../support/prometheus-text.ts';
 import { redisDump } from '../support/redis-dump.ts';
+import { createBalanceCache } from '../../src/balance-watch/balance-cache.ts';
+import { refreshBalances } from '../../src/balance-watch/refresh-balances.ts';
+import { createWebsmsClient } from '../../src/websms/client.ts';
 
 // The balance watch: a background round in the workers, one at a time across worker processes, that
 // reads every active enterprise's WebSMS balance (the sandbox's) into a Redis cache, which /metrics
@@ -120,6 +123,40 @@ describe('balance watch', () => {
     expect((await fetch(`${baseUrl}/enterprises/0999/balance`, { headers: AS_ADMIN })).status).toBe(404);
     expect((await fetch(`${baseUrl}/enterprises/0369/balance`, { headers: AS_ADMIN })).status).toBe(502);
     expect((await fetch(`${baseUrl}/enterprises/0370/balance`, { headers: AS_ADMIN })).status).toBe(404);
+  });
+});
+
+describe('a balance watch round', () => {
+  let env: TestEnv;
+
+  beforeAll(async () => {
+    env = await createTestEnv();
+    env.sandbox.addAccount({ ...SECOND, sms: 12.5, viber: 3 });
+    // Three enterprises on one account, one on another, one with the first account's login but a wrong key.
+    for (const number of ['0401', '0402', '0403']) await env.seedEnterprise({ number, customDomain: `${DEMO_USER} ${DEMO_KEY}` });
+    await env.seedEnterprise({ number: '0404', customDomain: `${SECOND.user} ${SECOND.apiKey}` });
+    await env.seedEnterprise({ number: '0405', customDomain: `${DEMO_USER} not-the-key` });
+  });
+  afterAll(async () => {
+    await env?.cleanup();
+  });
+
+  it('asks WebSMS once per account (user and key), and records its balance for every enterprise that shares it', async () => {
+    const cache = createBalanceCache(env.redis, env.config.queuePrefix);
+    const websms = createWebsmsClient({ baseUrl: env.config.websms.baseUrl, timeoutMs: 5_000, method: env.config.websms.method });
+    const before = env.sandbox.calls().filter((c) => c.endpoint === 'balances').length;
+    const round = await refreshBalances({ db: env.db, websms, cache, logger: env.logger }, { concurrency: 4 });
+
+    const calls = env.sandbox.calls().filter((c) => c.endpoint === 'balances').slice(before);
+    // One call for each of the three accounts: the shared one, the second, and the wrong key (refused).
+    expect(calls).toHaveLength(3);
+    expect(round).toEqual({ checked: 5, failed: 1, interrupted: false });
+    for (const number of ['0401', '0402', '0403']) expect(await cache.get(number)).toMatchObject({ sms: 39.056508, viber: 0 });
+    expect(await cache.get('0404')).toMatchObject({ sms: 12.5, viber: 3 });
+    const refused = await cache.get('0405');
+    expect(refused?.failedAtMs).toBeTypeOf('number');
+    expect(refused?.sms).toBeUndefined();
+    expect(await cache.lastRound()).toMatchObject({ checked: 5, failed: 1 });
   });
 });
 
