@@ -1,16 +1,23 @@
 import { lookup as dnsLookup, type LookupAddress } from 'node:dns';
 import http from 'node:http';
 import https from 'node:https';
-import type { LookupFunction } from 'node:net';
+import type { LookupFunction, Socket } from 'node:net';
 import got, { RequestError, TimeoutError } from 'got';
 import { Webhook } from 'standardwebhooks';
 import { addressAllowedForName, allowedTarget, CALLBACK_HOSTS_SETTING, type AllowedHost } from './callback-hosts.ts';
 
 // One delivery attempt of a signed event (Standard Webhooks): the host is checked against the allowed
-// list, a listed name is resolved and every address it resolves to vetted (callback-hosts.ts), and
-// the connection is made to the vetted address itself, by the lookup the socket uses, so nothing can
-// resolve differently between the check and the connection. A fresh connection each time (no
-// keep-alive): DNS is checked again on every attempt. Redirects are never followed.
+// list, a listed name is resolved and every address it resolves to vetted (callback-hosts.ts) on every
+// attempt, and the connection is made to the vetted addresses themselves, by the lookup the socket
+// uses, so nothing can resolve differently between the check and the connection. Redirects are never
+// followed.
+//
+// Connections are kept alive between attempts (a callback per message change, two or more per
+// message: a new TCP connection each time cost more CPU than the rest of the attempt). The pool is
+// keyed by what was vetted: one agent per protocol and set of addresses a name resolved to (or per
+// listed IP address), so an attempt reuses a pooled socket only when it goes to an address vetted for
+// this very attempt. A name that now resolves elsewhere gets a new connection, and one that resolves
+// to a refused address is refused before any pooled socket is looked at.
 
 export interface SignedEvent {
   webhookId: string;
@@ -37,47 +44,82 @@ export interface CallbackSenderOptions {
   resolve?: (hostname: string) => Promise<LookupAddress[]>;
 }
 
-const REFUSED_CODE = 'ECALLBACKREFUSED';
-
-class RefusedAddressError extends Error {
-  override name = 'RefusedAddressError';
-  readonly code = REFUSED_CODE;
-}
-
 const systemResolve = (hostname: string) =>
   new Promise<LookupAddress[]>((resolve, reject) => {
     dnsLookup(hostname, { all: true, verbatim: true }, (error, addresses) => (error ? reject(error) : resolve(addresses)));
   });
 
+/** Idle pooled connections close after this: below the 5 s keep-alive timeout of Node's and many other servers, so a reused socket is rarely one the receiver is closing. */
+const IDLE_SOCKET_MS = 4_000;
+/** Distinct vetted targets kept pooled; the least recently used beyond this is closed (DNS that rotates through many addresses). */
+const MAX_POOLED_TARGETS = 64;
+
+type Agent = http.Agent | https.Agent;
+
+/** A listed name's vetted addresses, or why the attempt may not connect. */
+type Vetting = { ok: true; addresses: LookupAddress[] } | { ok: false; reason: string };
+
 export function createCallbackSender(options: CallbackSenderOptions): CallbackSender {
   const webhook = new Webhook(options.signingSecret);
   const resolve = options.resolve ?? systemResolve;
+  const agents = new Map<string, Agent>();
 
-  // Called by the socket for a listed *name* (an IP literal is connected to as it is).
-  const vettedLookup: LookupFunction = (hostname, lookupOptions, callback) => {
-    resolve(hostname).then(
-      (addresses) => {
-        const refused = addresses.find((a) => !addressAllowedForName(a.address));
-        if (addresses.length === 0 || refused) {
-          const why = refused ? `${hostname} resolves to ${refused.address}, which a listed name may not reach` : `${hostname} resolves to no address`;
-          callback(new RefusedAddressError(why), '', 0);
-          return;
-        }
-        if (lookupOptions.all) callback(null, addresses);
-        else callback(null, addresses[0]?.address ?? '', addresses[0]?.family ?? 4);
-      },
-      (error: NodeJS.ErrnoException) => callback(error, '', 0),
-    );
-  };
-  const agents = {
-    http: new http.Agent({ keepAlive: false }),
-    https: new https.Agent({ keepAlive: false }),
-  };
+  async function vet(hostname: string): Promise<Vetting> {
+    let addresses: LookupAddress[];
+    try {
+      addresses = await resolve(hostname);
+    } catch (error) {
+      const code = (error as NodeJS.ErrnoException | undefined)?.code;
+      return { ok: false, reason: `connection failed (${code ?? (error instanceof Error ? error.name : 'lookup')})` };
+    }
+    const refused = addresses.find((a) => !addressAllowedForName(a.address));
+    if (refused) return { ok: false, reason: `refused: ${hostname} resolves to ${refused.address}, which a listed name may not reach` };
+    if (addresses.length === 0) return { ok: false, reason: `refused: ${hostname} resolves to no address` };
+    return { ok: true, addresses };
+  }
+
+  /** The pool for one vetted target: its sockets only ever go to these addresses. */
+  function agentFor(protocol: string, key: string): Agent {
+    const name = `${protocol}//${key}`;
+    let agent = agents.get(name);
+    if (agent) {
+      agents.delete(name); // most recently used last
+    } else {
+      agent = protocol === 'https:' ? new https.Agent({ keepAlive: true }) : new http.Agent({ keepAlive: true });
+      // After Node's own handler (which applies a server's Keep-Alive hint): never idle longer than IDLE_SOCKET_MS.
+      agent.on('free', (socket: Socket) => {
+        if (socket.timeout === undefined || socket.timeout === 0 || socket.timeout > IDLE_SOCKET_MS) socket.setTimeout(IDLE_SOCKET_MS);
+      });
+    }
+    agents.set(name, agent);
+    for (const [oldest, stale] of agents) {
+      if (agents.size <= MAX_POOLED_TARGETS) break;
+      stale.destroy();
+      agents.delete(oldest);
+    }
+    return agent;
+  }
 
   return {
     async deliver(event) {
       const target = allowedTarget(event.url, options.allowedHosts);
       if (!target) return { ok: false, httpStatus: null, reason: `host not in ${CALLBACK_HOSTS_SETTING}` };
+      let agent: Agent;
+      let lookup: LookupFunction | undefined;
+      if (target.literal) {
+        // A listed IP address is connected to as it is.
+        agent = agentFor(target.url.protocol, target.host);
+      } else {
+        const vetting = await vet(target.host);
+        if (!vetting.ok) return { ok: false, httpStatus: null, reason: vetting.reason };
+        const { addresses } = vetting;
+        agent = agentFor(target.url.protocol, addresses.map((a) => a.address).sort().join(','));
+        // The socket connects to exactly what was vetted, whatever the name would resolve to now.
+        lookup = (_hostname, lookupOptions, callback) => {
+          if (lookupOptions.all) callback(null, addresses);
+          else callback(null, addresses[0]?.address ?? '', addresses[0]?.family ?? 4);
+        };
+      }
       const now = new Date();
       const headers = {
         'content-type': 'application/json',
@@ -90,8 +132,8 @@ export function createCallbackSender(options: CallbackSenderOptions): CallbackSe
         const response = await got.post(target.url, {
           body: event.body,
           headers,
-          agent: agents,
-          ...(target.literal ? {} : { dnsLookup: vettedLookup }),
+          agent: agent instanceof https.Agent ? { https: agent } : { http: agent },
+          ...(lookup ? { dnsLookup: lookup } : {}),
           followRedirect: false,
           throwHttpErrors: false,
           retry: { limit: 0 },
@@ -108,8 +150,8 @@ export function createCallbackSender(options: CallbackSenderOptions): CallbackSe
       }
     },
     close() {
-      agents.http.destroy();
-      agents.https.destroy();
+      for (const agent of agents.values()) agent.destroy();
+      agents.clear();
     },
   };
 }
@@ -117,7 +159,6 @@ export function createCallbackSender(options: CallbackSenderOptions): CallbackSe
 function describeFailure(error: unknown, timeoutMs: number): string {
   if (error instanceof TimeoutError) return `no answer within ${timeoutMs} ms (${error.event} phase)`;
   if (error instanceof RequestError) {
-    if (error.code === REFUSED_CODE) return `refused: ${error.message}`;
     return `connection failed (${error.code})`;
   }
   return error instanceof Error ? `failed (${error.name})` : 'failed';

@@ -29,8 +29,9 @@ interface Hit {
   verified: boolean;
 }
 
-async function receiverOn(address: string): Promise<{ server: Server; port: number; hits: Hit[] }> {
+async function receiverOn(address: string): Promise<{ server: Server; port: number; hits: Hit[]; connections: () => number }> {
   const hits: Hit[] = [];
+  let connections = 0;
   const server = createServer((req, res) => {
     let body = '';
     req.on('data', (chunk: Buffer) => (body += chunk.toString('utf8')));
@@ -45,8 +46,9 @@ async function receiverOn(address: string): Promise<{ server: Server; port: numb
       res.writeHead(200).end('ok');
     });
   });
+  server.on('connection', () => (connections += 1));
   await new Promise<void>((resolve) => server.listen(0, address, resolve));
-  return { server, port: (server.address() as AddressInfo).port, hits };
+  return { server, port: (server.address() as AddressInfo).port, hits, connections: () => connections };
 }
 
 const event = (url: string) => ({ webhookId: 'msg_test', url, body: '{"type":"message.sent"}' });
@@ -74,8 +76,9 @@ describe('a callback delivery attempt', () => {
     answers.set('metadata.test', [[{ address: '169.254.169.254', family: 4 }]]);
     answers.set('mixed.test', [[reachable, { address: '127.0.0.1', family: 4 }]]);
     answers.set('rebinding.test', [[reachable], [{ address: '127.0.0.1', family: 4 }]]);
+    answers.set('reused.test', [[reachable]]);
     sender = createCallbackSender({
-      allowedHosts: parseAllowedHosts('crm.test, loopback.test, metadata.test, mixed.test, rebinding.test'),
+      allowedHosts: parseAllowedHosts('crm.test, loopback.test, metadata.test, mixed.test, rebinding.test, reused.test'),
       signingSecret: SECRET,
       timeoutMs: 2_000,
       resolve,
@@ -109,6 +112,27 @@ describe('a callback delivery attempt', () => {
     const second = await sender.deliver(event(`http://rebinding.test:${crm.port}/x`));
     expect(second.ok).toBe(false);
     expect(lookups.filter((n) => n === 'rebinding.test')).toHaveLength(2);
+  });
+
+  it('keeps a connection to a vetted address for the next attempt, resolving and vetting the name again each time', async () => {
+    const connectionsBefore = crm.connections();
+    const lookupsBefore = lookups.filter((n) => n === 'reused.test').length;
+    for (let i = 0; i < 3; i += 1) expect(await sender.deliver(event(`http://reused.test:${crm.port}/x`))).toEqual({ ok: true, httpStatus: 200 });
+    expect(crm.connections() - connectionsBefore).toBe(1);
+    expect(lookups.filter((n) => n === 'reused.test').length - lookupsBefore).toBe(3);
+  });
+
+  it('refuses a name that resolves to a refused address even while a listed IP address keeps a connection to that receiver', async () => {
+    const both = createCallbackSender({ allowedHosts: parseAllowedHosts(`127.0.0.1:${local.port}, loopback.test`), signingSecret: SECRET, timeoutMs: 2_000, resolve });
+    try {
+      expect(await both.deliver(event(`http://127.0.0.1:${local.port}/x`))).toEqual({ ok: true, httpStatus: 200 });
+      const before = local.hits.length;
+      const result = await both.deliver(event(`http://loopback.test:${local.port}/x`));
+      expect(!result.ok && result.reason).toMatch(/^refused: /);
+      expect(local.hits.length).toBe(before);
+    } finally {
+      both.close();
+    }
   });
 
   it('never resolves or connects to a host that is not listed', async () => {
