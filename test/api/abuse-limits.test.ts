@@ -7,6 +7,7 @@ import { errorHandler } from '../../src/api/errors.ts';
 import { requestRateLimit } from '../../src/api/request-rate-limit.ts';
 import { startApi, type RunningApi } from '../../src/roles.ts';
 import { createTestEnv, DEMO_KEY, DEMO_USER, postJson, type TestEnv } from '../support/context.ts';
+import { scanKeys } from '../support/test-redis.ts';
 
 // Abuse limits through the real HTTP server, PostgreSQL, Redis and the WebSMS sandbox: the request
 // body limit, the per-caller request rate limit (shared by API processes through Redis) and the daily
@@ -85,7 +86,7 @@ describe('request rate limit (REQUEST_RATE_LIMIT_PER_WINDOW=5 per 60 s)', () => 
   });
 
   it('keeps one expiring Redis key per caller under the queue prefix', async () => {
-    const keys = await env.redis.keys(`${env.config.queuePrefix}:http-rate:*`);
+    const keys = await scanKeys(env.redis, `${env.config.queuePrefix}:http-rate:*`);
     expect(keys.sort()).toEqual(
       [`token:flood`, `token:split`, `token:steady`, 'ip:127.0.0.1'].map((k) => `${env.config.queuePrefix}:http-rate:${k}`).sort(),
     );

@@ -3,6 +3,7 @@ import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { sandboxTriggers, type SandboxCall } from '../../src/websms/sandbox.ts';
 import { insertPendingMessage } from '../../src/messages/repository.ts';
 import { redisDump } from '../support/redis-dump.ts';
+import { createRedis } from '../../src/redis-connection.ts';
 import { createTestEnv, DEMO_KEY, DEMO_USER, eventually, postJson, type TestEnv } from '../support/context.ts';
 
 const PHONE = '+375296254070';
@@ -280,7 +281,7 @@ describe('a job that failed for good while its row was unfinished', () => {
       () => {
         throw new UnrecoverableError('database unavailable');
       },
-      { connection: env.redis.duplicate({ maxRetriesPerRequest: null }), prefix: env.config.queuePrefix },
+      { connection: createRedis(env.config.redis, 'blocking'), prefix: env.config.queuePrefix },
     );
     await eventually(async () => ((await queue.getJobState(`m${id}`)) === 'failed' ? true : undefined));
     await failing.close();

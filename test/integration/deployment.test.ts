@@ -145,11 +145,17 @@ describe('docker-compose.yml', () => {
     expect(worker?.healthcheck?.disable).toBe(true);
     expect(sandbox?.profiles).toEqual(['sandbox']);
     expect(sandbox?.entrypoint).toEqual(['npm', 'run', 'sandbox']);
-    for (const name of Object.keys(file.services)) if (name !== 'sandbox') expect(file.services[name]!.profiles, name).toBeUndefined();
+    // Redis under Sentinel (--profile sentinel): a replica of `redis` and three sentinels watching it.
+    const sentinelProfile = ['redis-replica', 'sentinel-1', 'sentinel-2', 'sentinel-3'];
+    for (const name of sentinelProfile) expect(file.services[name]?.profiles, name).toEqual(['sentinel']);
+    expect(file.services['redis-replica']?.command?.join(' ')).toMatch(/--replicaof redis 6379/);
+    for (const name of sentinelProfile.slice(1)) expect(file.services[name]?.command?.join(' '), name).toMatch(/sentinel monitor sms redis 6379 2[\s\S]*--sentinel/);
+    for (const service of [api, worker]) expect(Object.keys(service?.environment ?? {})).toEqual(expect.arrayContaining(['REDIS_SENTINELS', 'REDIS_SENTINEL_MASTER', 'REDIS_CLUSTER_NODES']));
+    for (const name of Object.keys(file.services)) if (name !== 'sandbox' && !sentinelProfile.includes(name)) expect(file.services[name]!.profiles, name).toBeUndefined();
   });
 
   /**
-   * `config --quiet` on `text` as the compose file of this checkout, sandbox profile included: it
+   * `config --quiet` on `text` as the compose file of this checkout, sandbox and sentinel profiles included: it
    * validates the schema, the variables, the merged anchors and the references between services.
    */
   function composeConfig(text: string): { status: number | null; stderr: string } {
@@ -157,7 +163,7 @@ describe('docker-compose.yml', () => {
     try {
       // v1 predates the top-level `name` and rejects it; the test above checks that line.
       writeFileSync(join(dir, 'docker-compose.yml'), compose!.v1 ? text.replace(/^name: .*\n/m, '') : text);
-      const args = [...compose!.args, '-f', join(dir, 'docker-compose.yml'), '--project-directory', ROOT, '--profile', 'sandbox', 'config', '--quiet'];
+      const args = [...compose!.args, '-f', join(dir, 'docker-compose.yml'), '--project-directory', ROOT, '--profile', 'sandbox', '--profile', 'sentinel', 'config', '--quiet'];
       return spawnSync(compose!.command, args, { encoding: 'utf8', timeout: 30_000, env: { ...process.env, POSTGRES_PASSWORD: 'x' } });
     } finally {
       rmSync(dir, { recursive: true, force: true });

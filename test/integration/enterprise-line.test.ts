@@ -2,48 +2,44 @@ import { spawn, type ChildProcess } from 'node:child_process';
 import { randomUUID } from 'node:crypto';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { fileURLToPath } from 'node:url';
-import { Redis } from 'ioredis';
 import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest';
 import { createEnterpriseLine, type EnterpriseLineOptions } from '../../src/line/enterprise-line.ts';
 import type { LineClientReport } from '../support/line-client.ts';
+import { Redis } from 'ioredis';
+import type { RedisClient } from '../../src/redis-connection.ts';
+import { connectTestRedis, scanKeys } from '../support/test-redis.ts';
 
 const redisUrl = process.env.REDIS_URL ?? 'redis://127.0.0.1:6379';
 const clientScript = fileURLToPath(new URL('../support/line-client.ts', import.meta.url));
 
-let redis: Redis;
+let redis: RedisClient;
 let keyPrefix: string;
 const children = new Set<ChildProcess>();
 
 beforeAll(() => {
-  redis = new Redis(redisUrl);
+  redis = connectTestRedis(redisUrl);
 });
 afterAll(async () => {
   await redis.quit();
 });
 
-// Every test gets its own prefix, and leaves neither keys nor processes behind.
+// Every test gets its own prefix, and leaves neither keys nor processes behind. Hash-tagged, as the
+// service's queue prefix is, so that a line's keys share one Cluster slot.
 function newPrefix(): string {
-  keyPrefix = `test:line:${randomUUID()}`;
+  keyPrefix = `{test:line:${randomUUID()}}`;
   return keyPrefix;
 }
 function newLine(options: Omit<EnterpriseLineOptions, 'keyPrefix' | 'turnTtlMs'> & { turnTtlMs?: number }) {
   return createEnterpriseLine(redis, { keyPrefix: newPrefix(), turnTtlMs: 10_000, ...options });
 }
 async function keysUnder(prefix: string): Promise<string[]> {
-  const keys: string[] = [];
-  let cursor = '0';
-  do {
-    const [next, batch] = await redis.scan(cursor, 'MATCH', `${prefix}:*`, 'COUNT', 1000);
-    cursor = next;
-    keys.push(...batch);
-  } while (cursor !== '0');
-  return keys;
+  return scanKeys(redis, `${prefix}:*`);
 }
 afterEach(async () => {
   for (const child of children) child.kill('SIGKILL');
   children.clear();
   const keys = await keysUnder(keyPrefix);
-  if (keys.length > 0) await redis.del(...keys);
+  for (const key of keys) await redis.del(key);
 });
 
 async function redisNowMs(): Promise<number> {

@@ -1,5 +1,5 @@
 import { Queue, Worker } from 'bullmq';
-import { Redis } from 'ioredis';
+import { createRedis } from '../../src/redis-connection.ts';
 import { sql } from 'kysely';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { insertPendingMessage } from '../../src/messages/repository.ts';
@@ -101,7 +101,7 @@ describe('retry and drop act on the job and record it on the row', () => {
   it('lists a failed job with its attempts and failure reason, retries it while no worker runs, and a worker started later sends it once', async () => {
     const id = await newMessage(env);
     // A job that failed for good, the way one does when PostgreSQL is down for all its attempts.
-    const connection = new Redis(env.config.redisUrl, { maxRetriesPerRequest: null });
+    const connection = createRedis(env.config.redis, 'blocking');
     const queue = new Queue<SendJobData>(SEND_QUEUE, { connection, prefix: env.config.queuePrefix });
     const failing = new Worker<SendJobData>(
       SEND_QUEUE,

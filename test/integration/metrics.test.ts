@@ -1,7 +1,7 @@
 import { randomBytes } from 'node:crypto';
-import { Redis } from 'ioredis';
 import { afterAll, beforeAll, describe, expect, inject, it } from 'vitest';
-import { createRedis } from '../../src/redis-connection.ts';
+import { createRedis, type RedisClient } from '../../src/redis-connection.ts';
+import { connectTestRedis } from '../support/test-redis.ts';
 import { createMetricsRecorder, metricsKeys, OTHER_ENTERPRISE, readCounters } from '../../src/metrics/metrics-store.ts';
 import { readLiveWorkers, startWorkerHeartbeat } from '../../src/metrics/worker-heartbeat.ts';
 import type { Running } from '../../src/roles.ts';
@@ -177,11 +177,11 @@ describe('/health worker and backlog fields', () => {
 });
 
 describe('worker heartbeats and counters in Redis', () => {
-  let redis: Redis;
+  let redis: RedisClient;
   const prefix = `{m${randomBytes(4).toString('hex')}}`;
 
   beforeAll(() => {
-    redis = new Redis(inject('redisUrl'));
+    redis = connectTestRedis(inject('redisUrl'));
   });
   afterAll(async () => {
     const keys = metricsKeys(prefix);

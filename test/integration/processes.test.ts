@@ -149,7 +149,9 @@ describe('service processes', () => {
   });
 
   it('refuses to start with a clear message when Redis is unreachable', async () => {
-    const service = start('worker', serviceEnv(await freePort(), { REDIS_URL: `redis://127.0.0.1:${await freePort()}` }));
+    // Nothing listens there: one server, or (in the cluster project) the only node named.
+    const nowhere = `127.0.0.1:${await freePort()}`;
+    const service = start('worker', serviceEnv(await freePort(), process.env.REDIS_CLUSTER_NODES ? { REDIS_CLUSTER_NODES: nowhere } : { REDIS_URL: `redis://${nowhere}` }));
     expect(await service.exited).toBe(1);
     expect(service.output().join('\n')).toContain('Redis is not reachable');
   }, 30_000);

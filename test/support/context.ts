@@ -2,12 +2,13 @@ import { randomBytes } from 'node:crypto';
 import { Writable } from 'node:stream';
 import { inject } from 'vitest';
 import pg from 'pg';
-import { Redis } from 'ioredis';
 import { loadConfig, type Config } from '../../src/config.ts';
 import { createDb, type Db } from '../../src/db/database.ts';
 import { createLogger, type Logger } from '../../src/logger.ts';
 import { startApi, startWorker, type Running, type RunningApi } from '../../src/roles.ts';
 import { startSandbox, type SandboxOptions, type SandboxServer } from '../../src/websms/sandbox.ts';
+import type { RedisClient } from '../../src/redis-connection.ts';
+import { connectTestRedis, deleteKeys, testRedisEnv } from './test-redis.ts';
 
 // Each test file gets its own database (cloned from the run's migrated template), its own queue
 // prefix, its own WebSMS sandbox and a captured log, so files run in parallel without meeting.
@@ -16,7 +17,8 @@ export interface TestEnv {
   config: Config;
   databaseUrl: string;
   db: Db;
-  redis: Redis;
+  /** the test's own connection: one server, or the Cluster in the `cluster` project */
+  redis: RedisClient;
   sandbox: SandboxServer;
   logger: Logger;
   /** Every log line written so far, raw JSON. */
@@ -50,7 +52,7 @@ export async function createTestEnv(env: Record<string, string> = {}, options: {
   const queuePrefix = `{t${randomBytes(4).toString('hex')}}`;
   const config = loadConfig({
     DATABASE_URL: databaseUrl,
-    REDIS_URL: redisUrl,
+    ...testRedisEnv(redisUrl),
     WEBSMS_BASE_URL: sandbox.url,
     QUEUE_PREFIX: queuePrefix,
     PORT: '0',
@@ -73,7 +75,7 @@ export async function createTestEnv(env: Record<string, string> = {}, options: {
   });
   const logger = createLogger('debug', sink);
   const db = createDb(databaseUrl, { max: 4 });
-  const redis = new Redis(redisUrl);
+  const redis = connectTestRedis(redisUrl);
   const running: Running[] = [];
 
   const env_: TestEnv = {
@@ -109,12 +111,7 @@ export async function createTestEnv(env: Record<string, string> = {}, options: {
       for (const r of running.reverse()) await r.stop().catch(() => undefined);
       await sandbox.close();
       await db.destroy();
-      let cursor = '0';
-      do {
-        const [next, keys] = await redis.scan(cursor, 'MATCH', `${queuePrefix}*`, 'COUNT', 1000);
-        cursor = next;
-        if (keys.length > 0) await redis.del(...keys);
-      } while (cursor !== '0');
+      await deleteKeys(redis, `${queuePrefix}*`);
       redis.disconnect();
     },
   };

@@ -7,8 +7,9 @@
 // LINE_LIMIT, LINE_WINDOW_MS, LINE_MESSAGES (count; the parent joined ids 1..count), LINE_CLIENTS,
 // LINE_CLIENT_INDEX.
 import { setTimeout as sleep } from 'node:timers/promises';
-import { Redis } from 'ioredis';
+import { Cluster, Redis } from 'ioredis';
 import { createEnterpriseLine } from '../../src/line/enterprise-line.ts';
+import { testRedisTarget } from './test-redis.ts';
 
 export interface LineClientReport {
   pid: number;
@@ -30,7 +31,12 @@ const clients = Number(requiredEnv('LINE_CLIENTS'));
 const clientIndex = Number(requiredEnv('LINE_CLIENT_INDEX'));
 const mine = Array.from({ length: messages }, (_, i) => i + 1).filter((id) => (id - 1) % clients === clientIndex);
 // No offline queue and no reconnect: if Redis goes away the child fails at once instead of hanging.
-const redis = new Redis(requiredEnv('REDIS_URL'), { lazyConnect: true, enableOfflineQueue: false, maxRetriesPerRequest: 0, retryStrategy: () => null });
+const target = testRedisTarget(requiredEnv('REDIS_URL'));
+const failFast = { lazyConnect: true, enableOfflineQueue: false, maxRetriesPerRequest: 0, retryStrategy: () => null };
+const redis =
+  target.kind === 'cluster'
+    ? new Cluster([...target.nodes], { lazyConnect: true, enableOfflineQueue: false, clusterRetryStrategy: () => null, redisOptions: { maxRetriesPerRequest: 0 } })
+    : new Redis(requiredEnv('REDIS_URL'), failFast);
 await redis.connect();
 const line = createEnterpriseLine(redis, {
   keyPrefix: requiredEnv('LINE_PREFIX'),

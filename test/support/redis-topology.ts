@@ -27,6 +27,13 @@ export interface RedisProcess {
   output(): string;
 }
 
+// Safety net: should the test process exit without closing its set-up (a crash, a timeout kill), take
+// the servers with it rather than leave them running.
+const running = new Set<ChildProcess>();
+process.once('exit', () => {
+  for (const child of running) if (child.exitCode === null && child.signalCode === null) child.kill('SIGKILL');
+});
+
 async function startRedisProcess(name: string, dir: string, port: number, args: string[]): Promise<RedisProcess> {
   let child: ChildProcess | undefined;
   let exited: Promise<void> = Promise.resolve();
@@ -35,10 +42,12 @@ async function startRedisProcess(name: string, dir: string, port: number, args: 
     if (child) return;
     const started = spawn('redis-server', args, { stdio: ['ignore', 'pipe', 'pipe'], cwd: dir });
     child = started;
+    running.add(started);
     started.stdout?.on('data', (chunk: Buffer) => output.push(chunk.toString('utf8')));
     started.stderr?.on('data', (chunk: Buffer) => output.push(chunk.toString('utf8')));
     exited = new Promise<void>((resolve) => started.once('exit', () => resolve()));
     void exited.then(() => {
+      running.delete(started);
       if (child === started) child = undefined;
     });
     const deadline = Date.now() + 10_000;
