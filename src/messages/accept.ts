@@ -8,6 +8,7 @@ import {
   isFinal,
   outcomeEnvelope,
   queuedEnvelope,
+  acceptedEnvelope,
   recordOutcome,
   type DeliveryOutcome,
   type MessageRecord,
@@ -166,23 +167,6 @@ async function answerQueued(deps: AcceptDeps, id: number, customId: string | nul
     // Unknown without the row and the line; "now" as expectedSendAt does when it cannot ask.
     return { httpStatus: 202, body: acceptedEnvelope(id, customId, new Date(), link) };
   }
-}
-
-/** A message accepted and queued, as a 202 says it without reading its row. */
-function acceptedEnvelope(id: number, customId: string | null, expectedSendAt: Date, link: string): SendEnvelope {
-  return {
-    success: false,
-    message_id: null,
-    price: null,
-    parts: null,
-    amount: null,
-    custom_id: customId,
-    error: null,
-    id,
-    status: 'queued',
-    expected_send_at: expectedSendAt.toISOString(),
-    status_url: link,
-  };
 }
 
 /**

@@ -121,16 +121,21 @@ export function recordOutcome(record: MessageRecord): DeliveryOutcome {
 
 /** 202: accepted and still on its way; it will be sent, and `status_url` tells when it was. */
 export function queuedEnvelope(record: MessageRecord, expectedSendAt: Date, statusUrl: string): SendEnvelope {
+  return acceptedEnvelope(record.id, record.customId, expectedSendAt, statusUrl, record.status === 'sending' ? 'sending' : 'queued');
+}
+
+/** 202 as of acceptance, built without reading the row back. */
+export function acceptedEnvelope(id: number, customId: string | null, expectedSendAt: Date, statusUrl: string, status: 'queued' | 'sending' = 'queued'): SendEnvelope {
   return {
     success: false,
     message_id: null,
     price: null,
     parts: null,
     amount: null,
-    custom_id: record.customId,
+    custom_id: customId,
     error: null,
-    id: record.id,
-    status: record.status === 'sending' ? 'sending' : 'queued',
+    id,
+    status,
     expected_send_at: expectedSendAt.toISOString(),
     status_url: statusUrl,
   };
