@@ -7,7 +7,7 @@ import { createDeps, type Deps } from './deps.ts';
 import { createRedis } from './redis-connection.ts';
 import { createRequestRateLimiter } from './api/request-rate-limit.ts';
 import { createCredentialThrottle } from './api/credential-throttle.ts';
-import { cancelMessage, retryMessage } from './queue/inspection.ts';
+import { cancelMessage, inspectionPorts, retryMessage } from './queue/inspection.ts';
 import { answerMalformedRequests } from './api/malformed-http.ts';
 import type { AcceptDeps } from './messages/accept.ts';
 import { createSweeper } from './messages/sweeper.ts';
@@ -25,7 +25,7 @@ import { DEFAULT_REFRESH_CONCURRENCY } from './balance-watch/refresh-balances.ts
 import { startBalanceWatch } from '../workers/balance-worker.ts';
 import { callbackEmitPorts, createCallbackQueue, startCallbackDelivery } from './callbacks/callback-delivery.ts';
 import { callbackMetricsText } from './callbacks/callback-metrics.ts';
-import { emitMessageEvent, emitOutcomeEvent, sendOutcomeEvent } from './callbacks/emit-message-event.ts';
+import { emitMessageEvent, sendOutcomeEvent } from './callbacks/emit-message-event.ts';
 
 // The two roles a process can play. Both are stateless: run as many of each as needed.
 
@@ -64,6 +64,8 @@ export async function startApi(config: Config, logger: Logger): Promise<RunningA
   // A caller's cancel raises its message.failed like any other final status.
   const callbackQueue = createCallbackQueue(deps.redis, config.queuePrefix);
   const callbackEvents = callbackEmitPorts(deps.db, logger, callbackQueue);
+  // A caller's cancel, and the message console's buttons: the jobs CLI's own use cases.
+  const operatorPorts = inspectionPorts(deps, callbackEvents);
   const monitor = createQueueMonitor(deps.redis, deps.queue, config.queuePrefix, Date.now, serviceMetricSources(deps, balanceCache));
   const app = buildApp({
     logger,
@@ -93,27 +95,11 @@ export async function startApi(config: Config, logger: Logger): Promise<RunningA
     admin: config.admin,
     credentialThrottle:
       config.authFailuresPerMinute > 0 ? createCredentialThrottle(deps.redis, { keyPrefix: config.queuePrefix, limit: config.authFailuresPerMinute, windowMs: 60_000 }) : undefined,
-    cancelMessage: (messageId, by) =>
-      cancelMessage(
-        {
-          db: deps.db,
-          queue: deps.queue,
-          redis: deps.redis,
-          enqueue: deps.enqueue,
-          websmsTimeoutMs: config.websms.timeoutMs,
-          takeOutOfLine: deps.takeOutOfLine,
-          raiseEvent: (id, status) => emitOutcomeEvent(callbackEvents, id, status),
-        },
-        { messageId, by },
-      ),
+    cancelMessage: (messageId, by) => cancelMessage(operatorPorts, { messageId, by }),
     metrics: { prometheusText: async () => (await monitor.prometheusText()) + (await callbackMetricsText(deps.redis, deps.db, config.queuePrefix)) },
     dashboard: { queue: deps.queue, readOnly: config.dashboard.readOnly },
     // The message console's retry button: the jobs CLI's own retry (queue/inspection.ts).
-    retryMessage: (messageId, by) =>
-      retryMessage(
-        { db: deps.db, queue: deps.queue, redis: deps.redis, enqueue: deps.enqueue, websmsTimeoutMs: config.websms.timeoutMs, takeOutOfLine: deps.takeOutOfLine },
-        { messageId, by },
-      ),
+    retryMessage: (messageId, by) => retryMessage(operatorPorts, { messageId, by }),
   });
 
   const server: Server = app.listen(config.port, config.host);

@@ -1,9 +1,8 @@
 import { loadConfig } from '../config.ts';
 import { callbackEmitPorts, createCallbackQueue } from '../callbacks/callback-delivery.ts';
-import { emitOutcomeEvent } from '../callbacks/emit-message-event.ts';
 import { createDeps } from '../deps.ts';
 import { createLogger } from '../logger.ts';
-import { dropMessage, LISTABLE_STATES, listJobs, retryMessage, type ActionResult, type InspectionPorts, type JobView, type ListableState } from '../queue/inspection.ts';
+import { dropMessage, inspectionPorts, LISTABLE_STATES, listJobs, retryMessage, type ActionResult, type JobView, type ListableState } from '../queue/inspection.ts';
 import { EXIT, parseCommandLine, parsePositiveInteger, runCommand, UsageError } from './args.ts';
 import { formatLocalTime, formatTable } from './table.ts';
 import { CALLBACK_USAGE, listCallbacksCommand, parseCallbackStates, retryCallbackCommand } from './callback-commands.ts';
@@ -165,15 +164,7 @@ async function main(): Promise<number> {
   // A drop raises the caller's event for the message's new status, as any final status does.
   const callbackQueue = createCallbackQueue(deps.redis, config.queuePrefix);
   const callbackEvents = callbackEmitPorts(deps.db, deps.logger, callbackQueue);
-  const ports: InspectionPorts = {
-    db: deps.db,
-    queue: deps.queue,
-    redis: deps.redis,
-    enqueue: deps.enqueue,
-    websmsTimeoutMs: config.websms.timeoutMs,
-    takeOutOfLine: deps.takeOutOfLine,
-    raiseEvent: (id, status) => emitOutcomeEvent(callbackEvents, id, status),
-  };
+  const ports = inspectionPorts(deps, callbackEvents);
   try {
     if (command === 'list') {
       const jobs = await listJobs(ports, { ...(states ? { states } : {}), enterprise: values.enterprise, limit });

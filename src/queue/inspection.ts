@@ -2,6 +2,8 @@ import { hostname, userInfo } from 'node:os';
 import type { Job, Queue } from 'bullmq';
 import type { RedisClient } from '../redis-connection.ts';
 import type { Db } from '../db/database.ts';
+import type { Deps } from '../deps.ts';
+import { emitOutcomeEvent, type CallbackEmitPorts } from '../callbacks/emit-message-event.ts';
 import type { MessageStatus } from '../messages/message.ts';
 import { planCancel, planDrop, planRetry, type JobStateName, type JobStep, type OperatorPlan } from '../messages/operator-actions.ts';
 import { findMessage, findMessagesByIds, recordOperatorAction, type OperatorActionEntry } from '../messages/repository.ts';
@@ -27,6 +29,19 @@ export interface InspectionPorts {
    * fail, the change is still owed (callback_owed) and the callback sweeper raises it.
    */
   raiseEvent?: (messageId: number, status: MessageStatus) => Promise<void>;
+}
+
+/** The ports of a process's own connections (src/deps.ts), raising events through `callbackEvents`. */
+export function inspectionPorts(deps: Deps, callbackEvents: CallbackEmitPorts): InspectionPorts {
+  return {
+    db: deps.db,
+    queue: deps.queue,
+    redis: deps.redis,
+    enqueue: deps.enqueue,
+    websmsTimeoutMs: deps.config.websms.timeoutMs,
+    takeOutOfLine: deps.takeOutOfLine,
+    raiseEvent: (messageId, status) => emitOutcomeEvent(callbackEvents, messageId, status),
+  };
 }
 
 export type ListableState = 'active' | 'waiting' | 'delayed' | 'failed' | 'completed';
