@@ -211,9 +211,9 @@ export async function startWorker(config: Config, logger: Logger): Promise<Runni
       db: deps.db,
       websms: deps.websms,
       logger,
-      onFinal: async ({ messageId, enterpriseNumber, status, sentAt }) => {
+      onFinal: async ({ messageId, enterpriseNumber, status, sentAt, message }) => {
         telemetry.metrics.deliveryFinal(enterpriseNumber, status, sentAt ? Date.now() - sentAt.getTime() : null);
-        await emitMessageEvent(callbackEvents, messageId, DELIVERY_EVENTS[status]);
+        await emitMessageEvent(callbackEvents, messageId, DELIVERY_EVENTS[status], message);
       },
     },
     { ...config.deliveryPoll, leaseMs: DELIVERY_CHECK_LEASE_MS, accountConcurrency: DELIVERY_ACCOUNT_CONCURRENCY },

@@ -35,38 +35,29 @@ export interface MessageSnapshot {
 
 const toNumber = (value: string | number | null): number | null => (value === null ? null : Number(value));
 
-/**
- * The message as an event describes it, when it has a callback_url. delivery_status and delivered_at
- * are read through to_jsonb so that this works with or without the delivery-status columns
- * (src/delivery/), and whatever their timestamp type.
- */
-export async function findMessageSnapshot(db: Db, messageId: number): Promise<MessageSnapshot | undefined> {
-  const result = await sql<{
-    id: string;
-    enterprise_number: string;
-    status: string;
-    delivery_status: string | null;
-    message_id: string | null;
-    custom_id: string | null;
-    price: string | null;
-    parts: number | null;
-    amount: string | null;
-    error_message: string | null;
-    sent_at: Date | null;
-    delivered_at: Date | null;
-    callback_url: string;
-    revision: number;
-  }>`
-    SELECT m.id, m.enterprise_number, m.status, m.message_id, m.custom_id, m.price, m.parts, m.amount, m.error_message,
-           m.sent_at AT TIME ZONE current_setting('TimeZone') AS sent_at,
-           to_jsonb(m) ->> 'delivery_status' AS delivery_status,
-           (to_jsonb(m) ->> 'delivered_at')::timestamptz AS delivered_at,
-           m.callback_url,
-           (m.attempts + jsonb_array_length(m.operator_actions))::int AS revision
-    FROM user_sms_send m
-    WHERE m.id = ${String(messageId)} AND m.callback_url IS NOT NULL`.execute(db);
-  const row = result.rows[0];
-  if (!row) return undefined;
+/** The columns of user_sms_send a MessageSnapshot is made of (also a change's RETURNING: delivery-repository.ts). */
+export interface SnapshotRow {
+  id: string;
+  enterprise_number: string;
+  status: string;
+  delivery_status: string | null;
+  message_id: string | null;
+  custom_id: string | null;
+  price: string | null;
+  parts: number | null;
+  amount: string | null;
+  error_message: string | null;
+  /** as an instant (sent_at is server-local wall time) */
+  sent_at: Date | null;
+  delivered_at: Date | null;
+  callback_url: string | null;
+  /** attempts + operator actions */
+  revision: number;
+}
+
+/** The snapshot an event describes; null when the message has no callback_url. */
+export function snapshotOf(row: SnapshotRow): MessageSnapshot | null {
+  if (row.callback_url === null) return null;
   return {
     id: Number(row.id),
     enterpriseNumber: row.enterprise_number,
@@ -85,6 +76,25 @@ export async function findMessageSnapshot(db: Db, messageId: number): Promise<Me
   };
 }
 
+/**
+ * The message as an event describes it, when it has a callback_url. delivery_status and delivered_at
+ * are read through to_jsonb so that this works with or without the delivery-status columns
+ * (src/delivery/), and whatever their timestamp type.
+ */
+export async function findMessageSnapshot(db: Db, messageId: number): Promise<MessageSnapshot | undefined> {
+  const result = await sql<SnapshotRow>`
+    SELECT m.id, m.enterprise_number, m.status, m.message_id, m.custom_id, m.price, m.parts, m.amount, m.error_message,
+           m.sent_at AT TIME ZONE current_setting('TimeZone') AS sent_at,
+           to_jsonb(m) ->> 'delivery_status' AS delivery_status,
+           (to_jsonb(m) ->> 'delivered_at')::timestamptz AS delivered_at,
+           m.callback_url,
+           (m.attempts + jsonb_array_length(m.operator_actions))::int AS revision
+    FROM user_sms_send m
+    WHERE m.id = ${String(messageId)} AND m.callback_url IS NOT NULL`.execute(db);
+  const row = result.rows[0];
+  return row ? (snapshotOf(row) ?? undefined) : undefined;
+}
+
 export interface NewCallbackEvent {
   messageId: number;
   type: string;
@@ -96,26 +106,41 @@ export interface NewCallbackEvent {
 }
 
 /**
- * The new event's id; undefined when this change of this message was already raised. Either way the
- * change is no longer owed: the same statement settles its callback_owed marker.
+ * The new event's id, and whether it is its message's head (no earlier event still pending); undefined
+ * when this change of this message was already raised. Either way the change is no longer owed: the
+ * same statement settles its callback_owed marker.
+ *
+ * Why one statement can both write and look (see isHead for the two-statement form the finishing side
+ * keeps): the look locks the message's pending events (FOR UPDATE). A worker finishing one of them
+ * (delivered or given up) updates that row, then reads the message's next pending event in a new
+ * statement. If the finisher's update comes first, this statement waits for its commit and then sees
+ * the row as it is now (no longer pending): the new event is the head and is queued here. If this
+ * statement locks first, the finisher's update waits for this commit, so its read afterwards sees the
+ * new event and queues it. Either way one of the two queues it (both may: the job id is the event's).
  */
-export async function insertEvent(db: Db, event: NewCallbackEvent): Promise<number | undefined> {
-  const result = await sql<{ id: string }>`
-    WITH settled AS (
-      DELETE FROM callback_owed WHERE message_id = ${String(event.messageId)} AND type = ${event.type} AND revision = ${event.revision})
-    INSERT INTO callback_events (message_id, type, revision, webhook_id, url, body, created_at, window_start_at, next_attempt_at)
-    VALUES (${String(event.messageId)}, ${event.type}, ${event.revision}, ${event.webhookId}, ${event.url}, ${event.body},
-            ${event.createdAt}, ${event.createdAt}, ${event.createdAt})
-    ON CONFLICT (message_id, type, revision) DO NOTHING
-    RETURNING id`.execute(db);
+export async function insertEvent(db: Db, event: NewCallbackEvent): Promise<{ id: number; head: boolean } | undefined> {
+  const result = await sql<{ id: string; head: boolean }>`
+    WITH earlier AS (
+      SELECT id FROM callback_events WHERE message_id = ${String(event.messageId)} AND status = 'pending' FOR UPDATE
+    ), settled AS (
+      DELETE FROM callback_owed WHERE message_id = ${String(event.messageId)} AND type = ${event.type} AND revision = ${event.revision}
+    ), inserted AS (
+      INSERT INTO callback_events (message_id, type, revision, webhook_id, url, body, created_at, window_start_at, next_attempt_at)
+      VALUES (${String(event.messageId)}, ${event.type}, ${event.revision}, ${event.webhookId}, ${event.url}, ${event.body},
+              ${event.createdAt}, ${event.createdAt}, ${event.createdAt})
+      ON CONFLICT (message_id, type, revision) DO NOTHING
+      RETURNING id
+    )
+    SELECT inserted.id, NOT EXISTS (SELECT 1 FROM earlier) AS head FROM inserted`.execute(db);
   const row = result.rows[0];
-  return row ? Number(row.id) : undefined;
+  return row ? { id: Number(row.id), head: row.head } : undefined;
 }
 
 /**
  * Whether no earlier event of the message is still pending. A separate statement from the write before
- * it, on purpose: whoever raises an event and whoever finishes the one before it each write, then look;
- * at least one of them sees the other's write and queues the event.
+ * it, on purpose: whoever finishes an event writes, then looks for the next (findHead) once the write is
+ * committed; whoever raises one writes and looks in one statement that locks the events it looks at
+ * (insertEvent). At least one of them sees the other's write and queues the event.
  */
 export async function isHead(db: Db, messageId: number, eventId: number): Promise<boolean> {
   const result = await sql<{ earlier: boolean }>`
@@ -199,6 +224,18 @@ export async function findEvent(db: Db, eventId: number): Promise<CallbackEvent 
   const result = await sql<EventRow>`SELECT ${EVENT_COLUMNS} FROM callback_events WHERE id = ${String(eventId)}`.execute(db);
   const row = result.rows[0];
   return row ? toEvent(row) : undefined;
+}
+
+/** The event, and whether it is its message's head (as isHead, read in the same statement). */
+export async function findEventWithTurn(db: Db, eventId: number): Promise<(CallbackEvent & { head: boolean }) | undefined> {
+  const result = await sql<EventRow & { head: boolean }>`
+    SELECT ${EVENT_COLUMNS},
+      NOT EXISTS (
+        SELECT 1 FROM callback_events p WHERE p.message_id = e.message_id AND p.status = 'pending' AND p.id < e.id
+      ) AS head
+    FROM callback_events e WHERE e.id = ${String(eventId)}`.execute(db);
+  const row = result.rows[0];
+  return row ? { ...toEvent(row), head: row.head } : undefined;
 }
 
 export interface AttemptRecord {

@@ -1,7 +1,7 @@
 import type { Db } from '../db/database.ts';
 import type { Logger } from '../logger.ts';
 import type { AttemptResult, SignedEvent } from './callback-sender.ts';
-import { findEvent, findHead, isHead, recordDelivered, recordFailedAttempt, recordGivenUp, type CallbackEvent } from './callback-repository.ts';
+import { findEventWithTurn, findHead, recordDelivered, recordFailedAttempt, recordGivenUp, type CallbackEvent } from './callback-repository.ts';
 
 // Delivering one event: at least once, in order per message. Plain values in, a step out: the queue
 // adapter (workers/callback-worker.ts) maps steps onto BullMQ.
@@ -45,10 +45,10 @@ export function backoffAfter(failures: number, retryBackoffMs: number): number {
 }
 
 export async function deliverCallbackEvent(deps: CallbackDeliveryDeps, eventId: number): Promise<CallbackStep> {
-  const event = await findEvent(deps.db, eventId);
+  const event = await findEventWithTurn(deps.db, eventId);
   if (!event || event.status !== 'pending') return { kind: 'finished', result: 'not-pending' };
   // An earlier event is still on its way: it queues this one when it is done.
-  if (!(await isHead(deps.db, event.messageId, event.id))) return { kind: 'finished', result: 'not-its-turn' };
+  if (!event.head) return { kind: 'finished', result: 'not-its-turn' };
   const dueInMs = event.nextAttemptAt.getTime() - Date.now();
   if (dueInMs > EARLY_SLACK_MS) return { kind: 'wait', delayMs: dueInMs, reason: 'not due yet' };
 
@@ -80,7 +80,7 @@ export async function deliverCallbackEvent(deps: CallbackDeliveryDeps, eventId: 
   return { kind: 'wait', delayMs: nextMs - nowMs, reason: result.reason };
 }
 
-/** The message's next pending event, now that this one is done (a separate read after the write: see isHead). */
+/** The message's next pending event, now that this one is done (a separate read after the write: see insertEvent). */
 async function queueNext(deps: CallbackDeliveryDeps, event: CallbackEvent): Promise<void> {
   const next = await findHead(deps.db, event.messageId);
   if (next === undefined) return;

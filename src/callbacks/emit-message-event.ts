@@ -2,12 +2,13 @@ import { randomUUID } from 'node:crypto';
 import type { Db } from '../db/database.ts';
 import type { Logger } from '../logger.ts';
 import type { MessageStatus } from '../db/database.ts';
-import { findMessageSnapshot, forgetOwed, insertEvent, isHead, type MessageSnapshot, type OwedEvent } from './callback-repository.ts';
+import { findMessageSnapshot, forgetOwed, insertEvent, type MessageSnapshot, type OwedEvent } from './callback-repository.ts';
 
 // Raising an event for a message whose caller gave a callback_url: recorded in PostgreSQL first (so a
 // Redis that loses its jobs loses no event: the callback sweeper queues it again), then queued for
 // delivery if it is its message's oldest pending event (the others follow it, in order).
-// Messages without a callback_url cost one indexed read and raise nothing.
+// Messages without a callback_url cost one indexed read and raise nothing (none at all when the change
+// that raises the event returned the message as it left it).
 
 export const MESSAGE_EVENT_TYPES = ['message.sent', 'message.failed', 'message.unknown', 'message.delivered', 'message.undelivered'] as const;
 export type MessageEventType = (typeof MESSAGE_EVENT_TYPES)[number];
@@ -67,15 +68,17 @@ export function eventBody(type: MessageEventType, message: MessageSnapshot, at: 
 }
 
 /**
- * Records `type` for message `messageId` (as the row stands now) and queues its delivery. Idempotent:
- * raising the same change twice (a job that runs again) records one event. Throws only when
- * PostgreSQL cannot record it, so the caller's job is retried and the event is not lost.
+ * Records `type` for message `messageId` and queues its delivery. The event describes `changed`, the
+ * message as the change that raised the event left it (from that statement's RETURNING; null: it has
+ * no callback_url), or else the row as it stands now. Idempotent: raising the same change twice (a
+ * job that runs again) records one event. Throws only when PostgreSQL cannot record it, so the
+ * caller's job is retried and the event is not lost.
  */
-export async function emitMessageEvent(ports: CallbackEmitPorts, messageId: number, type: MessageEventType): Promise<EmitResult> {
-  const message = await findMessageSnapshot(ports.db, messageId);
+export async function emitMessageEvent(ports: CallbackEmitPorts, messageId: number, type: MessageEventType, changed?: MessageSnapshot | null): Promise<EmitResult> {
+  const message = changed === undefined ? await findMessageSnapshot(ports.db, messageId) : changed;
   if (!message) return { kind: 'no-callback' };
   const at = new Date();
-  const eventId = await insertEvent(ports.db, {
+  const inserted = await insertEvent(ports.db, {
     messageId,
     type,
     revision: message.revision,
@@ -84,10 +87,11 @@ export async function emitMessageEvent(ports: CallbackEmitPorts, messageId: numb
     body: JSON.stringify(eventBody(type, message, at)),
     createdAt: at,
   });
-  if (eventId === undefined) return { kind: 'already-raised' };
+  if (inserted === undefined) return { kind: 'already-raised' };
+  const eventId = inserted.id;
   let queued = false;
   try {
-    if (await isHead(ports.db, messageId, eventId)) {
+    if (inserted.head) {
       await ports.queueDelivery(eventId, messageId);
       queued = true;
     }

@@ -1,4 +1,5 @@
 import { sql } from 'kysely';
+import { snapshotOf, type MessageSnapshot, type SnapshotRow } from '../callbacks/callback-repository.ts';
 import type { Db, DeliveryStatus } from '../db/database.ts';
 
 // All SQL of delivery status. The rows are the poller's queue: `delivery_next_check_at` says when a
@@ -66,36 +67,49 @@ export type CheckResult =
   /** the look-up failed; it says nothing about the message, and uses up a check */
   | { kind: 'failed' };
 
+/** A message whose check was recorded, as the recording left it. */
+export interface RecordedCheck {
+  id: number;
+  enterpriseNumber: string;
+  deliveryStatus: DeliveryStatus;
+  /** what its callback event describes; null when it has no callback_url */
+  message: MessageSnapshot | null;
+}
+
 /**
- * Records one check. Final (delivered, undelivered, or not found: unknown) ends the polling; not final
- * schedules the next check at sent_at + schedule[checks + 1], or ends as `unknown` after the last.
- * Returns the status now recorded, or undefined when the row was no longer pending.
+ * Records a round's checks in one statement. Final (delivered, undelivered, or not found: unknown)
+ * ends the polling; not final schedules the next check at sent_at + schedule[checks + 1], or ends as
+ * `unknown` after the last. Returns the messages recorded (not those no longer pending), each as the
+ * statement left it, so that the event a final status raises needs no second read.
  */
-export async function recordCheck(db: Db, id: number, result: CheckResult, scheduleMs: readonly number[]): Promise<DeliveryStatus | undefined> {
-  const code = result.kind === 'status' ? result.code : null;
+export async function recordChecks(db: Db, checks: ReadonlyArray<{ id: number; result: CheckResult }>, scheduleMs: readonly number[]): Promise<RecordedCheck[]> {
+  if (checks.length === 0) return [];
+  // Row locks in id order: two statements over the same rows never wait on each other crosswise.
+  const sorted = [...checks].sort((a, b) => a.id - b.id);
+  const ids = sorted.map((c) => String(c.id));
+  const codes = sorted.map((c) => (c.result.kind === 'status' ? c.result.code : null));
+  const finals = sorted.map(({ result }) => (result.kind === 'status' && result.status !== 'pending' ? result.status : result.kind === 'not-found' ? 'unknown' : null));
   const schedule = sql`${`{${scheduleMs.join(',')}}`}::bigint[]`;
   const last = scheduleMs.length;
-  const finalStatus = result.kind === 'status' && result.status !== 'pending' ? result.status : result.kind === 'not-found' ? 'unknown' : null;
-  const rows = finalStatus
-    ? await sql<{ delivery_status: DeliveryStatus }>`
-        UPDATE user_sms_send u SET
-          delivery_status = ${finalStatus},
-          delivery_code = coalesce(${code}::smallint, u.delivery_code),
-          delivered_at = ${finalStatus === 'unknown' ? null : sql`now()`},
-          delivery_checks = u.delivery_checks + 1,
-          delivery_next_check_at = NULL
-        WHERE u.id = ${String(id)} AND u.delivery_status = 'pending'
-        RETURNING u.delivery_status`.execute(db)
-    : await sql<{ delivery_status: DeliveryStatus }>`
-        UPDATE user_sms_send u SET
-          delivery_code = coalesce(${code}::smallint, u.delivery_code),
-          delivery_checks = u.delivery_checks + 1,
-          delivery_status = CASE WHEN u.delivery_checks + 1 >= ${last} THEN 'unknown' ELSE 'pending' END,
-          delivery_next_check_at = CASE WHEN u.delivery_checks + 1 >= ${last} THEN NULL
-            ELSE ${SENT_INSTANT} + make_interval(secs => (${schedule})[u.delivery_checks + 2] / 1000.0) END
-        WHERE u.id = ${String(id)} AND u.delivery_status = 'pending'
-        RETURNING u.delivery_status`.execute(db);
-  return rows.rows[0]?.delivery_status;
+  const result = await sql<SnapshotRow & { delivery_status: DeliveryStatus }>`
+    UPDATE user_sms_send u SET
+      delivery_code = coalesce(r.code, u.delivery_code),
+      delivery_checks = u.delivery_checks + 1,
+      delivery_status = CASE WHEN r.final IS NOT NULL THEN r.final WHEN u.delivery_checks + 1 >= ${last} THEN 'unknown' ELSE 'pending' END,
+      delivered_at = CASE WHEN r.final IS NULL THEN u.delivered_at WHEN r.final = 'unknown' THEN NULL ELSE now() END,
+      delivery_next_check_at = CASE WHEN r.final IS NOT NULL OR u.delivery_checks + 1 >= ${last} THEN NULL
+        ELSE ${SENT_INSTANT} + make_interval(secs => (${schedule})[u.delivery_checks + 2] / 1000.0) END
+    FROM unnest(${ids}::bigint[], ${codes}::smallint[], ${finals}::text[]) AS r (id, code, final)
+    WHERE u.id = r.id AND u.delivery_status = 'pending'
+    RETURNING u.id, u.enterprise_number, u.delivery_status, u.status, u.message_id, u.custom_id, u.price, u.parts, u.amount,
+      u.error_message, ${SENT_INSTANT} AS sent_at, u.delivered_at, u.callback_url,
+      (u.attempts + jsonb_array_length(u.operator_actions))::int AS revision`.execute(db);
+  return result.rows.map((row) => ({
+    id: Number(row.id),
+    enterpriseNumber: row.enterprise_number,
+    deliveryStatus: row.delivery_status,
+    message: snapshotOf(row),
+  }));
 }
 
 /** WebSMS asked us to slow down (error 7): these messages are asked again after `delayMs`, no check used. */

@@ -1,8 +1,9 @@
 import type { Db } from '../db/database.ts';
-import { findEnterprise } from '../enterprises/repository.ts';
+import type { MessageSnapshot } from '../callbacks/callback-repository.ts';
+import { findEnterprises, type Enterprise } from '../enterprises/repository.ts';
 import type { Logger } from '../logger.ts';
 import type { LookupOutcome, WebsmsClient } from '../websms/client.ts';
-import { claimDueChecks, postponeChecks, recordCheck, type CheckResult, type DueCheck } from './delivery-repository.ts';
+import { claimDueChecks, postponeChecks, recordChecks, type CheckResult, type DueCheck } from './delivery-repository.ts';
 import { deliveryStatusOf, isFinalDelivery, type FinalDeliveryStatus } from './delivery-status.ts';
 import { createPeriodicTask } from '../periodic-task.ts';
 
@@ -13,13 +14,19 @@ import { createPeriodicTask } from '../periodic-task.ts';
 //   the check by its lease;
 // - each enterprise's look-ups are modest: one at a time per account, a few accounts at a time, and
 //   WebSMS's error 7 ("too many requests") postpones that account's checks by `backoffMs`.
+// A round costs PostgreSQL three statements whatever its size: the claim, the enterprises' settings,
+// and the results, recorded together once every look-up of the round is done (a worker that dies
+// before leaves them to be asked again when their lease ends).
 
 export interface DeliveryPollerDeps {
   db: Db;
   websms: Pick<WebsmsClient, 'lookupByMessageId' | 'lookupByCustomId'>;
   logger: Logger;
-  /** a message's delivery status became final (callbacks, metrics); must not throw */
-  onFinal?: (final: { messageId: number; enterpriseNumber: string; status: FinalDeliveryStatus; sentAt: Date | null }) => Promise<void> | void;
+  /**
+   * A message's delivery status became final (callbacks, metrics); must not throw. `message`: the
+   * message as the recording left it, for its callback event (null: it has no callback_url).
+   */
+  onFinal?: (final: { messageId: number; enterpriseNumber: string; status: FinalDeliveryStatus; sentAt: Date | null; message: MessageSnapshot | null }) => Promise<void> | void;
 }
 
 export interface DeliveryPollerOptions {
@@ -46,23 +53,31 @@ export interface DeliveryPoller {
 
 const TOO_MANY_REQUESTS = 7;
 
+function checkResult(lookup: LookupOutcome): CheckResult {
+  if (lookup.kind === 'found') return { kind: 'status', code: lookup.statusCode, status: deliveryStatusOf(lookup.statusCode) };
+  return lookup.kind === 'not-found' ? { kind: 'not-found' } : { kind: 'failed' };
+}
+
 export function createDeliveryPoller(deps: DeliveryPollerDeps, options: DeliveryPollerOptions): DeliveryPoller {
   async function pollOnce(): Promise<number> {
     const due = await claimDueChecks(deps.db, { limit: options.batchSize, leaseMs: options.leaseMs, scheduleMs: options.scheduleMs });
+    if (due.length === 0) return 0;
+    const enterprises = await findEnterprises(deps.db, due.map((check) => check.enterpriseNumber));
     const byAccount = new Map<string, DueCheck[]>();
     for (const check of due) byAccount.set(check.enterpriseNumber, [...(byAccount.get(check.enterpriseNumber) ?? []), check]);
     const accounts = [...byAccount.entries()];
+    const results: Array<{ check: DueCheck; lookup: LookupOutcome }> = [];
     let asked = 0;
     const next = async (): Promise<void> => {
-      for (let entry = accounts.shift(); entry; entry = accounts.shift()) asked += await pollAccount(entry[0], entry[1]);
+      for (let entry = accounts.shift(); entry; entry = accounts.shift()) asked += await pollAccount(entry[0], enterprises.get(entry[0]), entry[1], results);
     };
     await Promise.all(Array.from({ length: Math.min(options.accountConcurrency, accounts.length) }, next));
+    await record(results);
     return asked;
   }
 
-  /** One enterprise's due checks, one look-up at a time. */
-  async function pollAccount(enterpriseNumber: string, checks: DueCheck[]): Promise<number> {
-    const enterprise = await findEnterprise(deps.db, enterpriseNumber);
+  /** One enterprise's due checks, one look-up at a time; the answers go into `results`. */
+  async function pollAccount(enterpriseNumber: string, enterprise: Enterprise | undefined, checks: DueCheck[], results: Array<{ check: DueCheck; lookup: LookupOutcome }>): Promise<number> {
     const credentials = enterprise?.credentials;
     let asked = 0;
     for (const [index, check] of checks.entries()) {
@@ -85,24 +100,23 @@ export function createDeliveryPoller(deps: DeliveryPollerDeps, options: Delivery
         deps.logger.warn({ enterprise: enterpriseNumber, postponed: rest.length, backoffMs: options.backoffMs }, 'WebSMS asked to slow down (error 7): delivery checks of this account postponed');
         return asked;
       }
-      await record(check, lookup);
+      if (lookup.kind === 'failed') deps.logger.warn({ messageId: check.id, enterprise: check.enterpriseNumber, err: lookup.reason }, 'delivery status look-up failed');
+      results.push({ check, lookup });
     }
     return asked;
   }
 
-  async function record(check: DueCheck, lookup: LookupOutcome): Promise<void> {
-    const result: CheckResult =
-      lookup.kind === 'found'
-        ? { kind: 'status', code: lookup.statusCode, status: deliveryStatusOf(lookup.statusCode) }
-        : lookup.kind === 'not-found'
-          ? { kind: 'not-found' }
-          : { kind: 'failed' };
-    if (lookup.kind === 'failed') deps.logger.warn({ messageId: check.id, enterprise: check.enterpriseNumber, err: lookup.reason }, 'delivery status look-up failed');
-    const status = await recordCheck(deps.db, check.id, result, options.scheduleMs);
-    if (status && isFinalDelivery(status)) {
-      deps.logger.info({ messageId: check.id, enterprise: check.enterpriseNumber, deliveryStatus: status, code: result.kind === 'status' ? result.code : null }, 'delivery status final');
+  async function record(results: ReadonlyArray<{ check: DueCheck; lookup: LookupOutcome }>): Promise<void> {
+    const checks = results.map(({ check, lookup }) => ({ id: check.id, result: checkResult(lookup) }));
+    const recorded = await recordChecks(deps.db, checks, options.scheduleMs);
+    const byId = new Map(results.map((r) => [r.check.id, r]));
+    for (const row of recorded) {
+      const { deliveryStatus: status } = row;
+      if (!isFinalDelivery(status)) continue;
+      const { check, lookup } = byId.get(row.id)!;
+      deps.logger.info({ messageId: check.id, enterprise: check.enterpriseNumber, deliveryStatus: status, code: lookup.kind === 'found' ? lookup.statusCode : null }, 'delivery status final');
       try {
-        await deps.onFinal?.({ messageId: check.id, enterpriseNumber: check.enterpriseNumber, status, sentAt: check.sentAt });
+        await deps.onFinal?.({ messageId: check.id, enterpriseNumber: check.enterpriseNumber, status, sentAt: check.sentAt, message: row.message });
       } catch (error) {
         deps.logger.warn({ messageId: check.id, err: error instanceof Error ? error.message : String(error) }, 'delivery status follow-up failed');
       }

@@ -1,3 +1,4 @@
+import { sql } from 'kysely';
 import type { Db } from '../db/database.ts';
 import type { WebsmsCredentials } from '../websms/client.ts';
 import { parseCustomDomain } from './credentials.ts';
@@ -21,6 +22,19 @@ export async function findEnterprise(db: Db, number: string): Promise<Enterprise
   if (!row) return undefined;
   // The wider system's table may hold NULL in `active`: only an explicit false disables.
   return { number: row.number, name: row.name, credentials: parseCustomDomain(row.custom_domain), active: row.active !== false };
+}
+
+/** Several enterprises in one read, by number; the unknown ones are simply absent. */
+export async function findEnterprises(db: Db, numbers: readonly string[]): Promise<Map<string, Enterprise>> {
+  const asked = [...new Set(numbers)].filter((number) => !number.includes('\u0000'));
+  if (asked.length === 0) return new Map();
+  // One array parameter: the same statement text (kept prepared) whatever the count.
+  const rows = await db
+    .selectFrom('enterprises')
+    .select(['number', 'name', 'custom_domain', 'active'])
+    .where(sql<boolean>`number = ANY(${asked}::text[])`)
+    .execute();
+  return new Map(rows.map((row) => [row.number, { number: row.number, name: row.name, credentials: parseCustomDomain(row.custom_domain), active: row.active !== false }]));
 }
 
 /** Ready to send: exists, active and configured. */
