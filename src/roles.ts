@@ -24,7 +24,7 @@ import { DEFAULT_REFRESH_CONCURRENCY } from './balance-watch/refresh-balances.ts
 import { startBalanceWatch } from '../workers/balance-worker.ts';
 import { callbackEmitPorts, createCallbackQueue, startCallbackDelivery } from './callbacks/callback-delivery.ts';
 import { callbackMetricsText } from './callbacks/callback-metrics.ts';
-import { emitMessageEvent, sendOutcomeEvent } from './callbacks/emit-message-event.ts';
+import { emitMessageEvent, emitMessageEvents, sendOutcomeEvent } from './callbacks/emit-message-event.ts';
 
 // The two roles a process can play. Both are stateless: run as many of each as needed.
 
@@ -213,9 +213,12 @@ export async function startWorker(config: Config, logger: Logger): Promise<Runni
       db: deps.db,
       websms: deps.websms,
       logger,
-      onFinal: async ({ messageId, enterpriseNumber, status, sentAt, message }) => {
-        telemetry.metrics.deliveryFinal(enterpriseNumber, status, sentAt ? Date.now() - sentAt.getTime() : null);
-        await emitMessageEvent(callbackEvents, messageId, DELIVERY_EVENTS[status], message);
+      onFinal: async (finals) => {
+        for (const { enterpriseNumber, status, sentAt } of finals) telemetry.metrics.deliveryFinal(enterpriseNumber, status, sentAt ? Date.now() - sentAt.getTime() : null);
+        await emitMessageEvents(
+          callbackEvents,
+          finals.flatMap(({ status, message }) => (message ? [{ type: DELIVERY_EVENTS[status], message }] : [])),
+        );
       },
     },
     { ...config.deliveryPoll, leaseMs: DELIVERY_CHECK_LEASE_MS, accountConcurrency: DELIVERY_ACCOUNT_CONCURRENCY },

@@ -3,7 +3,7 @@ import type { Db } from '../db/database.ts';
 import { createRedis, type RedisClient, type RedisTarget } from '../redis-connection.ts';
 import type { Logger } from '../logger.ts';
 import { createCallbackWorker } from '../../workers/callback-worker.ts';
-import { CALLBACK_QUEUE, queueCallbackDelivery, requeueCallbackDelivery, type CallbackJobData } from './callback-jobs.ts';
+import { CALLBACK_QUEUE, queueCallbackDeliveries, queueCallbackDelivery, requeueCallbackDelivery, type CallbackJobData } from './callback-jobs.ts';
 import { createCallbackMetrics } from './callback-metrics.ts';
 import { createCallbackSender } from './callback-sender.ts';
 import type { CallbackSettings } from './callback-settings.ts';
@@ -21,7 +21,12 @@ export function createCallbackQueue(redis: RedisClient, prefix: string): Queue<C
 
 /** What emitMessageEvent needs, over a callback queue. */
 export function callbackEmitPorts(db: Db, logger: Logger, queue: Queue<CallbackJobData>): CallbackEmitPorts {
-  return { db, logger, queueDelivery: (eventId, messageId) => queueCallbackDelivery(queue, eventId, messageId) };
+  return {
+    db,
+    logger,
+    queueDelivery: (eventId, messageId) => queueCallbackDelivery(queue, eventId, messageId),
+    queueDeliveries: (events) => queueCallbackDeliveries(queue, events),
+  };
 }
 
 export interface CallbackDeliveryOptions {

@@ -35,6 +35,12 @@ export async function queueCallbackDelivery(queue: Queue<CallbackJobData>, event
   await queue.add(CALLBACK_JOB, { eventId, messageId }, callbackJobOptions(eventId));
 }
 
+/** queueCallbackDelivery for several events in one round trip. */
+export async function queueCallbackDeliveries(queue: Queue<CallbackJobData>, events: ReadonlyArray<{ eventId: number; messageId: number }>): Promise<void> {
+  if (events.length === 0) return;
+  await queue.addBulk(events.map(({ eventId, messageId }) => ({ name: CALLBACK_JOB, data: { eventId, messageId }, opts: callbackJobOptions(eventId) })));
+}
+
 /**
  * Queues an event's delivery again after its job was lost or failed for good (the sweeper, an operator's
  * retry): a finished job of the same id is removed first, a live one left alone.

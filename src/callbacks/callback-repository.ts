@@ -137,6 +137,39 @@ export async function insertEvent(db: Db, event: NewCallbackEvent): Promise<{ id
 }
 
 /**
+ * insertEvent for several messages in one statement, at most one event per message (a delivery poll
+ * round's final statuses): each new event's id and whether it is its message's head, by the same
+ * locking look as insertEvent. Changes already raised are left out.
+ */
+export async function insertEvents(db: Db, events: readonly NewCallbackEvent[]): Promise<Array<{ id: number; messageId: number; head: boolean }>> {
+  if (events.length === 0) return [];
+  if (new Set(events.map((e) => e.messageId)).size !== events.length) throw new Error('insertEvents takes at most one event per message');
+  // Locks in message order: two statements over the same messages never wait on each other crosswise.
+  const sorted = [...events].sort((a, b) => a.messageId - b.messageId);
+  const column = <T>(pick: (e: NewCallbackEvent) => T) => sorted.map(pick);
+  const result = await sql<{ id: string; message_id: string; head: boolean }>`
+    WITH input AS (
+      SELECT * FROM unnest(${column((e) => String(e.messageId))}::bigint[], ${column((e) => e.type)}::text[], ${column((e) => e.revision)}::int[],
+                           ${column((e) => e.webhookId)}::text[], ${column((e) => e.url)}::text[], ${column((e) => e.body)}::text[],
+                           ${column((e) => e.createdAt.toISOString())}::timestamptz[])
+        WITH ORDINALITY AS i (message_id, type, revision, webhook_id, url, body, created_at, position)
+    ), earlier AS (
+      SELECT e.message_id FROM callback_events e JOIN input i ON e.message_id = i.message_id
+      WHERE e.status = 'pending' ORDER BY e.message_id, e.id FOR UPDATE OF e
+    ), settled AS (
+      DELETE FROM callback_owed o USING input i WHERE o.message_id = i.message_id AND o.type = i.type AND o.revision = i.revision
+    ), inserted AS (
+      INSERT INTO callback_events (message_id, type, revision, webhook_id, url, body, created_at, window_start_at, next_attempt_at)
+      SELECT message_id, type, revision, webhook_id, url, body, created_at, created_at, created_at FROM input ORDER BY position
+      ON CONFLICT (message_id, type, revision) DO NOTHING
+      RETURNING id, message_id
+    )
+    SELECT inserted.id, inserted.message_id, NOT EXISTS (SELECT 1 FROM earlier WHERE earlier.message_id = inserted.message_id) AS head
+    FROM inserted ORDER BY inserted.id`.execute(db);
+  return result.rows.map((row) => ({ id: Number(row.id), messageId: Number(row.message_id), head: row.head }));
+}
+
+/**
  * Whether no earlier event of the message is still pending. A separate statement from the write before
  * it, on purpose: whoever finishes an event writes, then looks for the next (findHead) once the write is
  * committed; whoever raises one writes and looks in one statement that locks the events it looks at

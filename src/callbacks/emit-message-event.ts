@@ -2,7 +2,7 @@ import { randomUUID } from 'node:crypto';
 import type { Db } from '../db/database.ts';
 import type { Logger } from '../logger.ts';
 import type { MessageStatus } from '../db/database.ts';
-import { findMessageSnapshot, forgetOwed, insertEvent, type MessageSnapshot, type OwedEvent } from './callback-repository.ts';
+import { findMessageSnapshot, forgetOwed, insertEvent, insertEvents, type MessageSnapshot, type OwedEvent } from './callback-repository.ts';
 
 // Raising an event for a message whose caller gave a callback_url: recorded in PostgreSQL first (so a
 // Redis that loses its jobs loses no event: the callback sweeper queues it again), then queued for
@@ -18,6 +18,8 @@ export interface CallbackEmitPorts {
   logger: Logger;
   /** Queues the delivery of one event (the callback queue). Its failure is logged; the sweeper re-queues. */
   queueDelivery: (eventId: number, messageId: number) => Promise<void>;
+  /** The same for several events at once (default: one at a time). */
+  queueDeliveries?: (events: ReadonlyArray<{ eventId: number; messageId: number }>) => Promise<void>;
 }
 
 export type EmitResult =
@@ -100,6 +102,38 @@ export async function emitMessageEvent(ports: CallbackEmitPorts, messageId: numb
   }
   ports.logger.debug({ messageId, eventId, type, queued }, 'callback event raised');
   return { kind: 'recorded', eventId, queued };
+}
+
+/**
+ * emitMessageEvent for several messages at once, each described by the change that raised it (a
+ * delivery poll round's final statuses: one statement and one queue round trip for the round). At
+ * most one event per message. Returns how many were recorded; throws only when PostgreSQL cannot
+ * record them.
+ */
+export async function emitMessageEvents(ports: CallbackEmitPorts, changes: ReadonlyArray<{ type: MessageEventType; message: MessageSnapshot }>): Promise<number> {
+  if (changes.length === 0) return 0;
+  const at = new Date();
+  const inserted = await insertEvents(
+    ports.db,
+    changes.map(({ type, message }) => ({
+      messageId: message.id,
+      type,
+      revision: message.revision,
+      webhookId: `msg_${randomUUID().replaceAll('-', '')}`,
+      url: message.callbackUrl,
+      body: JSON.stringify(eventBody(type, message, at)),
+      createdAt: at,
+    })),
+  );
+  const heads = inserted.filter((event) => event.head).map((event) => ({ eventId: event.id, messageId: event.messageId }));
+  try {
+    if (ports.queueDeliveries) await ports.queueDeliveries(heads);
+    else for (const head of heads) await ports.queueDelivery(head.eventId, head.messageId);
+  } catch (error) {
+    ports.logger.warn({ events: heads.length, err: error instanceof Error ? error.message : String(error) }, 'callback events recorded but not queued; the callback sweeper will queue them');
+  }
+  ports.logger.debug({ recorded: inserted.length, queued: heads.length }, 'callback events raised');
+  return inserted.length;
 }
 
 /**

@@ -22,11 +22,17 @@ export interface DeliveryPollerDeps {
   db: Db;
   websms: Pick<WebsmsClient, 'lookupByMessageId' | 'lookupByCustomId'>;
   logger: Logger;
-  /**
-   * A message's delivery status became final (callbacks, metrics); must not throw. `message`: the
-   * message as the recording left it, for its callback event (null: it has no callback_url).
-   */
-  onFinal?: (final: { messageId: number; enterpriseNumber: string; status: FinalDeliveryStatus; sentAt: Date | null; message: MessageSnapshot | null }) => Promise<void> | void;
+  /** The messages whose delivery status a round made final (callbacks, metrics), all at once. */
+  onFinal?: (finals: FinalDelivery[]) => Promise<void> | void;
+}
+
+export interface FinalDelivery {
+  messageId: number;
+  enterpriseNumber: string;
+  status: FinalDeliveryStatus;
+  sentAt: Date | null;
+  /** the message as the recording left it, for its callback event; null: it has no callback_url */
+  message: MessageSnapshot | null;
 }
 
 export interface DeliveryPollerOptions {
@@ -110,16 +116,20 @@ export function createDeliveryPoller(deps: DeliveryPollerDeps, options: Delivery
     const checks = results.map(({ check, lookup }) => ({ id: check.id, result: checkResult(lookup) }));
     const recorded = await recordChecks(deps.db, checks, options.scheduleMs);
     const byId = new Map(results.map((r) => [r.check.id, r]));
+    const finals: FinalDelivery[] = [];
     for (const row of recorded) {
       const { deliveryStatus: status } = row;
       if (!isFinalDelivery(status)) continue;
       const { check, lookup } = byId.get(row.id)!;
       deps.logger.info({ messageId: check.id, enterprise: check.enterpriseNumber, deliveryStatus: status, code: lookup.kind === 'found' ? lookup.statusCode : null }, 'delivery status final');
-      try {
-        await deps.onFinal?.({ messageId: check.id, enterpriseNumber: check.enterpriseNumber, status, sentAt: check.sentAt, message: row.message });
-      } catch (error) {
-        deps.logger.warn({ messageId: check.id, err: error instanceof Error ? error.message : String(error) }, 'delivery status follow-up failed');
-      }
+      finals.push({ messageId: check.id, enterpriseNumber: check.enterpriseNumber, status, sentAt: check.sentAt, message: row.message });
+    }
+    if (finals.length === 0) return;
+    try {
+      await deps.onFinal?.(finals);
+    } catch (error) {
+      // Their events stay owed (callback_owed): the callback sweeper raises them.
+      deps.logger.warn({ messages: finals.length, err: error instanceof Error ? error.message : String(error) }, 'delivery status follow-up failed');
     }
   }
 

@@ -1,6 +1,6 @@
 import { randomBytes } from 'node:crypto';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { findHead, insertEvent, recordDelivered, type NewCallbackEvent } from '../../src/callbacks/callback-repository.ts';
+import { findHead, insertEvent, insertEvents, recordDelivered, type NewCallbackEvent } from '../../src/callbacks/callback-repository.ts';
 import { createTestEnv, DEMO_KEY, DEMO_USER, type TestEnv } from '../support/context.ts';
 
 // Whose turn it is when an event is raised while the one before it is being finished. The raise
@@ -85,6 +85,32 @@ describe('an event raised while the one before it is being finished', () => {
     expect(await finishing).toBe(true);
     // The finisher's look, after its write: the raised event is next.
     expect(await findHead(env.db, id)).toBe(second.id);
+  });
+
+  it('is decided the same way for each message of a round raised together', async () => {
+    const [finishing, waiting, fresh] = [await message(), await message(), await message()];
+    const finished = (await insertEvent(env.db, event(finishing, 'message.sent')))!;
+    await insertEvent(env.db, event(waiting, 'message.sent'));
+
+    let release!: () => void;
+    const released = new Promise<void>((resolve) => (release = resolve));
+    let finishWritten!: () => void;
+    const written = new Promise<void>((resolve) => (finishWritten = resolve));
+    const finish = env.db.transaction().execute(async (trx) => {
+      await recordDelivered(trx, finished.id, { httpStatus: 200, error: null });
+      finishWritten();
+      await released;
+    });
+    await written;
+    const raising = insertEvents(env.db, [event(fresh, 'message.delivered'), event(waiting, 'message.delivered'), event(finishing, 'message.delivered')]);
+    const waited = await stillWaiting(raising);
+    release();
+    await finish;
+    const raised = await raising;
+    expect(waited).toBe(true);
+    expect(Object.fromEntries(raised.map((r) => [r.messageId, r.head]))).toEqual({ [fresh]: true, [waiting]: false, [finishing]: true });
+    // Raised again (a round that runs twice): nothing new.
+    expect(await insertEvents(env.db, [{ ...event(fresh, 'message.delivered'), webhookId: 'msg_again' }])).toEqual([]);
   });
 
   it('raises a change once: the same change again records nothing and settles nothing twice', async () => {
