@@ -4,7 +4,8 @@ import type { RedisClient } from '../redis-connection.ts';
 import type { Db } from '../db/database.ts';
 import type { Deps } from '../deps.ts';
 import { emitOutcomeEvent, type CallbackEmitPorts } from '../callbacks/emit-message-event.ts';
-import type { MessageStatus } from '../messages/message.ts';
+import type { MessageRecord, MessageStatus } from '../messages/message.ts';
+import { messageStanding, type MessageStanding } from '../line/standing.ts';
 import { planCancel, planDrop, planRetry, type JobStateName, type JobStep, type OperatorPlan } from '../messages/operator-actions.ts';
 import { findMessage, findMessagesByIds, recordOperatorAction, type OperatorActionEntry } from '../messages/repository.ts';
 import { jobIdFor, type SendJobData } from './jobs.ts';
@@ -29,6 +30,8 @@ export interface InspectionPorts {
    * fail, the change is still owed (callback_owed) and the callback sweeper raises it.
    */
   raiseEvent?: (messageId: number, status: MessageStatus) => Promise<void>;
+  /** Where a waiting message stands in its enterprise's line (src/line/standing.ts). */
+  standing?: (record: Pick<MessageRecord, 'id' | 'enterpriseNumber' | 'status' | 'notBefore'>) => Promise<MessageStanding>;
 }
 
 /** The ports of a process's own connections (src/deps.ts), raising events through `callbackEvents`. */
@@ -41,6 +44,7 @@ export function inspectionPorts(deps: Deps, callbackEvents: CallbackEmitPorts): 
     websmsTimeoutMs: deps.config.websms.timeoutMs,
     takeOutOfLine: deps.takeOutOfLine,
     raiseEvent: (messageId, status) => emitOutcomeEvent(callbackEvents, messageId, status),
+    standing: (record) => messageStanding(deps.line, record),
   };
 }
 
@@ -54,8 +58,15 @@ export interface JobView {
   state: ListableState;
   attemptsMade: number;
   attemptsAllowed: number;
-  /** delayed jobs: when a worker takes it again */
+  /**
+   * delayed jobs: when the job's own timer runs it again. For a message waiting in its line that is
+   * only a backstop (the send before it wakes it at its turn): `expectedSendAt` is when it should go.
+   */
   nextAttemptAt: Date | null;
+  /** a message waiting in its enterprise's line: messages of the enterprise before it (0 = next) */
+  position: number | null;
+  /** a message waiting in its enterprise's line: when WebSMS is expected to receive it */
+  expectedSendAt: Date | null;
   /** the job's last failure, else the row's error, else why it waits */
   lastError: string | null;
   /** null: the job has no row (it is dropped when it runs) */
@@ -93,9 +104,10 @@ export async function listJobs(ports: InspectionPorts, filter: ListFilter): Prom
 
   const rows = await findMessagesByIds(ports.db, picked.map(({ job }) => job.data.messageId));
   const delayedAt = await delayedTimes(ports, picked.filter((p) => p.state === 'delayed').map((p) => p.job.id ?? ''));
-  return picked.map(({ job, state }) => {
+  return Promise.all(picked.map(async ({ job, state }) => {
     const row = rows.get(job.data.messageId);
     const nextAttemptAt = state === 'delayed' ? (delayedAt.get(job.id ?? '') ?? null) : null;
+    const waiting = row && ports.standing && (state === 'delayed' || state === 'waiting') ? await ports.standing(row) : undefined;
     return {
       messageId: job.data.messageId,
       jobId: job.id ?? '',
@@ -104,11 +116,13 @@ export async function listJobs(ports: InspectionPorts, filter: ListFilter): Prom
       attemptsMade: job.attemptsMade,
       attemptsAllowed: job.opts.attempts ?? 1,
       nextAttemptAt,
+      position: waiting?.position ?? null,
+      expectedSendAt: waiting?.expectedSendAt ?? null,
       lastError: job.failedReason || row?.error || (state === 'delayed' && row?.notBefore ? 'waiting for a rate-limit slot of its enterprise' : null),
       rowStatus: row?.status ?? null,
       enqueuedAt: new Date(job.timestamp),
     };
-  });
+  }));
 }
 
 function outcomeStatus(job: Job<SendJobData>): unknown {

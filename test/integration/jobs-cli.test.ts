@@ -278,6 +278,17 @@ describe('delayed jobs under the rate limit', () => {
     }, 30_000, 500);
     const [, second, third] = ids as [number, number, number];
     expect(delayed.map((j) => j.message_id).sort()).toEqual([second, third].sort());
+    // Their place in the line, and when each is expected to go: a window apart, before the backstop.
+    const byId = new Map(delayed.map((j) => [j.message_id as number, j]));
+    expect(byId.get(second)?.position).toBe(0);
+    expect(byId.get(third)?.position).toBe(1);
+    const expectedSecond = Date.parse(byId.get(second)?.expected_send_at as string);
+    const expectedThird = Date.parse(byId.get(third)?.expected_send_at as string);
+    expect(expectedThird - expectedSecond).toBeGreaterThanOrEqual(60_000);
+    // The head's own timer is its turn; the one behind it has only a backstop, later than its turn
+    // (the head's send wakes it).
+    expect(Math.abs(expectedSecond - Date.parse(byId.get(second)?.next_attempt_at as string))).toBeLessThan(1_000);
+    expect(expectedThird).toBeLessThan(Date.parse(byId.get(third)?.next_attempt_at as string));
     for (const job of delayed) {
       expect(job).toMatchObject({ enterprise_number: '0367', state: 'delayed', row_status: 'queued', last_error: 'waiting for a rate-limit slot of its enterprise' });
       const next = Date.parse(job.next_attempt_at as string);
@@ -289,7 +300,7 @@ describe('delayed jobs under the rate limit', () => {
     expect(await jobsJson(env, '--state', 'delayed', '--enterprise', '0368')).toEqual([]);
 
     const table = await runCli(env, 'jobs', ['list', '--state', 'delayed']);
-    expect(table.stdout).toMatch(/^ message +\| enterprise \| state +\| attempts \| next_attempt +\| row_status \| last_error/);
+    expect(table.stdout).toMatch(/^ message +\| enterprise \| state +\| attempts \| position \| expected_send +\| next_attempt +\| row_status \| last_error/);
     expect(table.stdout).toContain('(2 rows)');
 
     const dropped = await runCli(env, 'jobs', ['drop', String(second), '--reason', 'customer cancelled']);

@@ -21,6 +21,11 @@ export function cliEnvironment(env: TestEnv, extra: Record<string, string> = {})
     WEBSMS_TIMEOUT_MS: String(env.config.websms.timeoutMs),
     SEND_ATTEMPTS: String(env.config.worker.sendAttempts),
     RETRY_BACKOFF_MS: String(env.config.worker.retryBackoffMs),
+    // A command reads the service's own settings (in production, the same environment file): the
+    // line's expected times depend on the limit.
+    RATE_LIMIT_PER_WINDOW: String(env.config.rateLimit.perWindow),
+    RATE_LIMIT_WINDOW_MS: String(env.config.rateLimit.windowMs),
+    RATE_LIMIT_MARGIN_MS: String(env.config.rateLimit.marginMs),
     LOG_LEVEL: 'error',
     ...extra,
   };
