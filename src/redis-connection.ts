@@ -104,15 +104,19 @@ export function createRedis(target: RedisTarget, use: RedisUse, name?: string): 
       });
     case 'cluster': {
       const { db: _db, ...auth } = credentials(target.url);
+      // A node's connection is opened on its first command, which must wait for it (within the command
+      // timeout) rather than fail on a connection still being made: ioredis gives nodes an offline
+      // queue, which ours must not override. The Cluster's own (below) keeps the fail-fast rule while
+      // the Cluster as a whole is unreachable.
+      const { enableOfflineQueue: _nodeQueue, ...nodeOptions } = base;
       const options: ClusterOptions = {
-        redisOptions: { ...base, ...auth, reconnectOnError: reconnectOnReadonly },
+        redisOptions: { ...nodeOptions, ...auth, reconnectOnError: reconnectOnReadonly },
         enableOfflineQueue: use === 'blocking',
         enableReadyCheck: true,
         clusterRetryStrategy: retryDelayMs,
         // Refresh the slot map at once when a node is lost (a replica promoted), not only on MOVED.
         retryDelayOnFailover: 200,
         retryDelayOnClusterDown: 300,
-        ...(use === 'blocking' ? {} : { maxRedirections: 16 }),
       };
       return new Cluster(
         target.nodes.map(({ host, port }) => ({ host, port })),
