@@ -2,7 +2,7 @@ import { randomUUID } from 'node:crypto';
 import type { Db } from '../db/database.ts';
 import type { Logger } from '../logger.ts';
 import type { MessageStatus } from '../db/database.ts';
-import { findMessageSnapshot, forgetOwed, insertEvent, insertEvents, type MessageSnapshot, type OwedEvent } from './callback-repository.ts';
+import { findMessageSnapshot, forgetOwed, insertEvent, insertEvents, type MessageSnapshot, type NewCallbackEvent, type OwedEvent } from './callback-repository.ts';
 
 // Raising an event for a message whose caller gave a callback_url: recorded in PostgreSQL first (so a
 // Redis that loses its jobs loses no event: the callback sweeper queues it again), then queued for
@@ -80,15 +80,7 @@ export async function emitMessageEvent(ports: CallbackEmitPorts, messageId: numb
   const message = changed === undefined ? await findMessageSnapshot(ports.db, messageId) : changed;
   if (!message) return { kind: 'no-callback' };
   const at = new Date();
-  const inserted = await insertEvent(ports.db, {
-    messageId,
-    type,
-    revision: message.revision,
-    webhookId: `msg_${randomUUID().replaceAll('-', '')}`,
-    url: message.callbackUrl,
-    body: JSON.stringify(eventBody(type, message, at)),
-    createdAt: at,
-  });
+  const inserted = await insertEvent(ports.db, newEvent(type, message, at));
   if (inserted === undefined) return { kind: 'already-raised' };
   const eventId = inserted.id;
   let queued = false;
@@ -104,6 +96,19 @@ export async function emitMessageEvent(ports: CallbackEmitPorts, messageId: numb
   return { kind: 'recorded', eventId, queued };
 }
 
+/** The row an event is recorded as: its body fixed now, a webhook-id of its own for every attempt. */
+function newEvent(type: MessageEventType, message: MessageSnapshot, at: Date): NewCallbackEvent {
+  return {
+    messageId: message.id,
+    type,
+    revision: message.revision,
+    webhookId: `msg_${randomUUID().replaceAll('-', '')}`,
+    url: message.callbackUrl,
+    body: JSON.stringify(eventBody(type, message, at)),
+    createdAt: at,
+  };
+}
+
 /**
  * emitMessageEvent for several messages at once, each described by the change that raised it (a
  * delivery poll round's final statuses: one statement and one queue round trip for the round). At
@@ -115,15 +120,7 @@ export async function emitMessageEvents(ports: CallbackEmitPorts, changes: Reado
   const at = new Date();
   const inserted = await insertEvents(
     ports.db,
-    changes.map(({ type, message }) => ({
-      messageId: message.id,
-      type,
-      revision: message.revision,
-      webhookId: `msg_${randomUUID().replaceAll('-', '')}`,
-      url: message.callbackUrl,
-      body: JSON.stringify(eventBody(type, message, at)),
-      createdAt: at,
-    })),
+    changes.map(({ type, message }) => newEvent(type, message, at)),
   );
   const heads = inserted.filter((event) => event.head).map((event) => ({ eventId: event.id, messageId: event.messageId }));
   try {
