@@ -97,9 +97,12 @@ export function createRedis(target: RedisTarget, use: RedisUse, name?: string): 
         // Sentinels unreachable: keep asking (never give up: a null here would end the connection).
         sentinelRetryStrategy: retryDelayMs,
         retryStrategy: retryDelayMs,
-        // Subscribes to the sentinels' +switch-master, so a connection leaves a demoted master at once
-        // rather than at its first READONLY.
-        failoverDetector: true,
+        // No failoverDetector (ioredis's subscription to the sentinels' +switch-master): a notice that
+        // arrives while a connection is already re-resolving the master (as after a kill -9, when the
+        // socket closed first) aborts that attempt, and ioredis then ends the connection for good,
+        // status "end", never to reconnect. Sentinel itself closes every client of a master it demotes
+        // and of the replica it promotes (CLIENT KILL during the failover), so connections notice a role
+        // change by being closed; READONLY (below) covers a write that races with it.
         reconnectOnError: reconnectOnReadonly,
       });
     case 'cluster': {
