@@ -2,12 +2,13 @@ import { spawn, spawnSync, type ChildProcess } from 'node:child_process';
 import { existsSync, mkdtempSync, openSync, readdirSync, readFileSync, rmSync, writeFileSync, writeSync, closeSync } from 'node:fs';
 import { request } from 'node:http';
 import { tmpdir } from 'node:os';
-import { delimiter, join } from 'node:path';
+import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { loadConfig } from '../../src/config.ts';
 import { createTestEnv, DEMO_KEY, DEMO_USER, eventually, type TestEnv } from '../support/context.ts';
 import { freePort } from '../support/service-processes.ts';
+import { findTool, skipWithoutTool } from '../support/tools.ts';
 import { writeNginxConfig } from '../support/nginx.ts';
 
 // The deployment files in ops/ and docker-compose.yml, checked with the real tools (nginx,
@@ -20,30 +21,6 @@ const ROOT = fileURLToPath(new URL('../../', import.meta.url));
 const read = (path: string) => readFileSync(join(ROOT, path), 'utf8');
 /** The drain limit the service sets itself (src/main.ts): the WebSMS call budget + 15 s. */
 const DRAIN_LIMIT_S = loadConfig({}).websms.timeoutMs / 1_000 + 15;
-
-/** A tool's path (PATH, then the sbin directories a non-root PATH lacks), or undefined. */
-function findTool(name: string): string | undefined {
-  const dirs = [...(process.env.PATH ?? '').split(delimiter), '/usr/sbin', '/sbin', '/usr/local/sbin'];
-  return dirs.map((dir) => join(dir, name)).find((path) => existsSync(path));
-}
-
-/**
- * Whether the tests that need `tool` are to be skipped. Outside CI they are when it is absent, and
- * the run says so. In CI a missing tool is an error: a test stands in for the skipped group and
- * fails, naming the tool and the Debian package that .ci/run installs for it.
- */
-function skipWithout(tool: string, found: unknown, debianPackage: string, group: string): boolean {
-  if (found) return false;
-  const missing = `${tool} is not installed (Debian package ${debianPackage}): the ${group} tests need it`;
-  if (process.env.CI) {
-    it(`has ${tool}, which the ${group} tests need`, () => {
-      throw new Error(`${missing}; .ci/run installs it when missing, so check its install step`);
-    });
-  } else {
-    console.warn(`skipped: ${missing}`);
-  }
-  return true;
-}
 
 const nginx = findTool('nginx');
 const systemdAnalyze = findTool('systemd-analyze');
@@ -63,10 +40,10 @@ const compose = (() => {
   return { command: standalone, args: [], v1: version.startsWith('1.') };
 })();
 
-const skipNginx = skipWithout('nginx', nginx, 'nginx-light', 'ops/nginx');
-const skipSystemd = skipWithout('systemd-analyze', systemdAnalyze, 'systemd', 'ops/systemd');
-const skipLogrotate = skipWithout('logrotate', logrotate, 'logrotate', 'ops/logrotate');
-const skipCompose = skipWithout('docker compose (or docker-compose)', compose, 'docker-compose', 'docker-compose.yml');
+const skipNginx = skipWithoutTool('nginx', nginx, 'nginx-light', 'ops/nginx');
+const skipSystemd = skipWithoutTool('systemd-analyze', systemdAnalyze, 'systemd', 'ops/systemd');
+const skipLogrotate = skipWithoutTool('logrotate', logrotate, 'logrotate', 'ops/logrotate');
+const skipCompose = skipWithoutTool('docker compose (or docker-compose)', compose, 'docker-compose', 'docker-compose.yml');
 
 /** KEY=value lines of an env file; with `commented`, also the `# KEY=value` examples. */
 function envEntries(text: string, commented: boolean): Array<[string, string]> {
