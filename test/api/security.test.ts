@@ -4,7 +4,9 @@ import { networkInterfaces } from 'node:os';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import type { RunningApi } from '../../src/roles.ts';
 import { startApi } from '../../src/roles.ts';
-import { createTestEnv, DEMO_KEY, DEMO_USER, postJson, type TestEnv } from '../support/context.ts';
+import { jobIdFor, SEND_QUEUE } from '../../src/queue/jobs.ts';
+import { REPORTS } from '../../src/reports/catalogue.ts';
+import { createTestEnv, DEMO_KEY, DEMO_USER, eventually, postJson, type TestEnv } from '../support/context.ts';
 import { findTool, startNginx, type RunningNginx } from '../support/nginx.ts';
 
 // The service as an attacker on the internet meets it: anonymously, directly from another host and
@@ -61,19 +63,62 @@ function expectNothingSecret(answer: Answer, label: string) {
   }
 }
 
-const OPERATOR_PATHS = [
+/**
+ * Every operator surface the app serves, as an operator reads it with GET (src/app.ts guards
+ * /reports, /metrics, /admin and /enterprises): the report catalogue and each report
+ * (reports/catalogue.ts), the balance, the metrics, the queue dashboard (bull-board on /admin/queues,
+ * its page, its API and one job), and the message console (search, stylesheet, one message).
+ * `id`: a real message.
+ */
+const operatorPaths = (id: number) => [
   '/reports',
+  '/reports/today',
+  '/reports/enterprise?enterprise=0367',
   '/reports/recent',
   '/reports/failures',
+  '/reports/spend',
+  '/reports/delivery',
+  '/reports/undelivered',
   '/reports/audit',
-  '/reports/enterprise?enterprise=0367',
   '/enterprises/0367/balance',
   '/metrics',
   '/admin/queues',
   '/admin/queues/api/queues',
+  `/admin/queues/api/queues/${SEND_QUEUE}/${jobIdFor(id)}`,
   '/admin/messages',
   '/admin/messages?enterprise=0367',
+  '/admin/messages/console.css',
+  `/admin/messages/${id}`,
 ];
+
+/** The operator surfaces' writes: the message console's cancel and retry, and a dashboard action. */
+const operatorWrites = (id: number) =>
+  [
+    ['POST', `/admin/messages/${id}/cancel`],
+    ['POST', `/admin/messages/${id}/retry`],
+    ['PUT', `/admin/queues/api/queues/${SEND_QUEUE}/pause`],
+  ] as const;
+
+/** Everything above, for the checks that try every method on every path. */
+const everyOperatorPath = (id: number) => [...operatorPaths(id), ...operatorWrites(id).map(([, path]) => path)];
+
+/** What a change to a message would touch: its status, its failure, the operators' record of it. */
+const rowOf = (env: TestEnv, id: number) =>
+  env.db.selectFrom('user_sms_send').select(['status', 'error_code', 'error_message', 'attempts', 'operator_actions']).where('id', '=', String(id)).executeTakeFirstOrThrow();
+
+/** The bodies of two 404s compared with the requested id taken out. */
+const notFoundShape = (answer: Answer, id: number | string) => ({
+  status: answer.status,
+  type: answer.headers.get('content-type'),
+  body: answer.text.replaceAll(String(id), 'N'),
+});
+
+/** nginx's own 404 for what it does not publish (ops/nginx/user-sms.conf), not the service's. */
+function expectNginxNotFound(answer: Answer, label: string) {
+  expect(answer.status, label).toBe(404);
+  expect(JSON.parse(answer.text), label).toMatchObject({ success: false, error: 'Not found', detail: 'Not found' });
+  expect(answer.headers.get('www-authenticate'), label).toBeNull();
+}
 
 const PATH_TRICKS = [
   '//reports/recent',
@@ -105,7 +150,7 @@ const SPOOFED = [
   { 'x-forwarded-for': '127.0.0.1', 'x-real-ip': '127.0.0.1', forwarded: 'for="[::1]"' },
 ];
 
-describeAttack('an anonymous client, with the shipped defaults (no API_TOKENS, no ADMIN_USER)', () => {
+describeAttack('an anonymous client, with the shipped defaults (no API_TOKENS, no ADMIN_USER) and a writable console and dashboard', () => {
   let env: TestEnv;
   let api: RunningApi;
   let front: RunningNginx;
@@ -115,10 +160,14 @@ describeAttack('an anonymous client, with the shipped defaults (no API_TOKENS, n
   let local: string;
   let sent: { id: number; status_url: string };
   let queued: { id: number; status_url: string };
+  /** a message in line, which the console's cancel and retry (and DELETE) would change */
+  let target: { id: number; status_url: string };
 
   beforeAll(async () => {
-    // One SMS per minute: the second message waits in line, so it can still be cancelled.
-    env = await createTestEnv({ HOST: '0.0.0.0', RATE_LIMIT_PER_WINDOW: '1', RATE_LIMIT_WINDOW_MS: '60000' });
+    // One SMS an hour: every message after the first waits in line for the whole run, so it can
+    // still be cancelled. The console and the dashboard may act (DASHBOARD_READ_ONLY=false), so that
+    // nothing but the operator guard stands between an anonymous write and its effect.
+    env = await createTestEnv({ HOST: '0.0.0.0', RATE_LIMIT_PER_WINDOW: '1', RATE_LIMIT_WINDOW_MS: '3600000', DASHBOARD_READ_ONLY: 'false' });
     await env.seedEnterprise({ number: '0367', name: 'june', customDomain: `${DEMO_USER} ${DEMO_KEY}` });
     api = (await env.startService({ workers: 1 })).api!;
     const port = new URL(api.url).port;
@@ -131,7 +180,18 @@ describeAttack('an anonymous client, with the shipped defaults (no API_TOKENS, n
     const second = await postJson(outside, '/send', { enterprise_number: '0367', phone: PHONE, text: `${SECRET_TEXT} (2)` }, { prefer: 'respond-async' });
     expect(second.status).toBe(202);
     queued = second.json as typeof queued;
+    const third = await postJson(outside, '/send', { enterprise_number: '0367', phone: PHONE, text: `${SECRET_TEXT} (3)` }, { prefer: 'respond-async' });
+    expect(third.status).toBe(202);
+    target = third.json as typeof target;
+    // Both wait in line (queued, their jobs delayed) before anything is tried on them.
+    for (const { id } of [queued, target]) await eventually(async () => ((await rowOf(env, id)).status === 'queued' ? true : undefined));
   });
+
+  /** The queue as the operator on the host sees it in the dashboard: paused or not. */
+  const queuePaused = async () => {
+    const board = JSON.parse((await call(`${local}/admin/queues/api/queues`)).text) as { queues: { name: string; isPaused: boolean }[] };
+    return board.queues.find((q) => q.name === SEND_QUEUE)!.isPaused;
+  };
 
   afterAll(async () => {
     await front?.stop();
@@ -156,9 +216,10 @@ describeAttack('an anonymous client, with the shipped defaults (no API_TOKENS, n
     expect(viaNginx.json.status_url).toMatch(/^\/messages\/\d+\?key=[\w-]{32}$/);
   });
 
-  it('finds no operator surface, directly or through nginx, with any method, even with spoofed proxy headers', async () => {
+  it('finds no operator surface, directly or through nginx, with any method, even with spoofed proxy headers; its writes change nothing', async () => {
+    const before = await rowOf(env, target.id);
     for (const [how, , url] of bases()) {
-      for (const path of OPERATOR_PATHS) {
+      for (const path of everyOperatorPath(target.id)) {
         for (const method of ['GET', 'HEAD', 'OPTIONS', 'POST', 'PUT', 'DELETE']) {
           for (const headers of [{}, ...SPOOFED, basic(ADMIN.user, ADMIN.password)]) {
             const answer = await call(url(path), { method, headers });
@@ -168,6 +229,10 @@ describeAttack('an anonymous client, with the shipped defaults (no API_TOKENS, n
         }
       }
     }
+    // The console's cancel and retry were tried on a message in line: it is as it was, and the queue runs.
+    expect(await rowOf(env, target.id)).toEqual(before);
+    expect(before).toMatchObject({ status: 'queued', operator_actions: [] });
+    expect(await queuePaused()).toBe(false);
   });
 
   it('gets nothing through path tricks: encoded dots and slashes, doubled slashes, letter case, trailing dots', async () => {
@@ -202,6 +267,24 @@ describeAttack('an anonymous client, with the shipped defaults (no API_TOKENS, n
       for (const key of ['', 'x', 'A'.repeat(32), `${foreignKey.slice(4)}`, encodeURIComponent("' OR 1=1 --")]) {
         expect((await call(url(`/messages/${sent.id}?key=${key}`))).status, `${how} key ${key}`).toBe(404);
       }
+
+      // A stranger's DELETE: the 404 of a missing message, whatever it presents, and nothing cancelled.
+      const before = await rowOf(env, target.id);
+      const missingDelete = await call(url('/messages/999999'), { method: 'DELETE' });
+      expect(missingDelete.status, `${how} DELETE missing`).toBe(404);
+      expect(notFoundShape(missingDelete, 999999), `${how} DELETE and GET of a missing id`).toEqual(notFoundShape(missing, 999999));
+      const strangers = {
+        'without a key': '',
+        "with another message's key": `?${foreignKey}`,
+        'with a wrong key': `?key=${'A'.repeat(32)}`,
+      };
+      for (const [label, query] of Object.entries(strangers)) {
+        const answer = await call(url(`/messages/${target.id}${query}`), { method: 'DELETE' });
+        expect(notFoundShape(answer, target.id), `${how} DELETE ${label}`).toEqual(notFoundShape(missingDelete, 999999));
+        expect(answer.headers.get('www-authenticate'), `${how} DELETE ${label}`).toBeNull();
+      }
+      expect(await rowOf(env, target.id), how).toEqual(before);
+      expect(before.status).toBe('queued');
     }
   });
 
@@ -239,16 +322,57 @@ describeAttack('an anonymous client, with the shipped defaults (no API_TOKENS, n
   });
 
   it('answers the operator on the host itself: reports, balance with the WebSMS user, metrics, the dashboard; previews only, never whole texts', async () => {
-    for (const path of OPERATOR_PATHS) expect((await call(`${local}${path}`)).status, path).toBe(200);
+    for (const path of operatorPaths(sent.id)) expect((await call(`${local}${path}`)).status, path).toBe(200);
+    // Every report the catalogue serves is among the paths tried above (and anonymously, before).
+    const reportNames = [...REPORTS.keys()];
+    for (const name of reportNames) expect(operatorPaths(sent.id).map((path) => path.split('?')[0]), name).toContain(`/reports/${name}`);
     const balance = JSON.parse((await call(`${local}/enterprises/0367/balance`)).text) as Record<string, unknown>;
     expect(balance.websms_user).toBe(DEMO_USER);
-    for (const name of ['today', 'enterprise?enterprise=0367', 'recent', 'failures', 'spend', 'audit']) {
-      const report = await call(`${local}/reports/${name}`);
+    // As a delivery report would have it: the sent message did not reach the phone, so the
+    // undelivered report lists it too.
+    await env.db.updateTable('user_sms_send').set({ delivery_status: 'undelivered' }).where('id', '=', String(sent.id)).execute();
+    expect(reportNames).toEqual(expect.arrayContaining(['today', 'enterprise', 'recent', 'failures', 'spend', 'delivery', 'undelivered', 'audit']));
+    for (const { name, enterprise } of REPORTS.values()) {
+      const report = await call(`${local}/reports/${name}${enterprise === 'required' ? '?enterprise=0367' : ''}`);
+      expect(report.status, name).toBe(200);
       expect(report.text, name).not.toContain(SECRET_TEXT.slice(0, 51));
       expect(report.text, name).not.toContain(PHONE);
     }
+    const undelivered = JSON.parse((await call(`${local}/reports/undelivered`)).text) as { rows: { id: number; phone: string }[] };
+    expect(undelivered.rows).toEqual([expect.objectContaining({ id: sent.id, phone: '+37529*****70' })]);
     // The same request relayed by a proxy on this host is not the operator.
     expect((await call(`${local}/reports/recent`, { headers: { 'x-forwarded-for': '203.0.113.5' } })).status).toBe(404);
+  });
+
+  it("cannot cancel or retry through the console, or pause the queue, even with a console form's cookie and token", async () => {
+    const before = await rowOf(env, target.id);
+    const token = 'f0rged-Token-0123456789';
+    const form = { 'content-type': 'application/x-www-form-urlencoded', cookie: `user_sms_console_csrf=${token}`, 'sec-fetch-site': 'same-origin' };
+    for (const [how, , url] of bases()) {
+      for (const headers of [{}, ...SPOOFED]) {
+        for (const action of ['cancel', 'retry']) {
+          const answer = await call(url(`/admin/messages/${target.id}/${action}`), { method: 'POST', headers: { ...form, ...headers }, body: `csrf=${token}` });
+          expect(answer.status, `${how} ${action} ${JSON.stringify(headers)}`).toBe(404);
+        }
+        const pause = await call(url(`/admin/queues/api/queues/${SEND_QUEUE}/pause`), { method: 'PUT', headers: { 'content-type': 'application/json', ...headers }, body: '{}' });
+        expect(pause.status, `${how} pause ${JSON.stringify(headers)}`).toBe(404);
+      }
+    }
+    expect(await rowOf(env, target.id)).toEqual(before);
+    expect(await queuePaused()).toBe(false);
+
+    // The very same requests from the operator on the host do act: what stopped them above was the guard.
+    expect((await call(`${local}/admin/queues/api/queues/${SEND_QUEUE}/pause`, { method: 'PUT', headers: { 'content-type': 'application/json' }, body: '{}' })).status).toBe(200);
+    expect(await queuePaused()).toBe(true);
+    expect((await call(`${local}/admin/queues/api/queues/${SEND_QUEUE}/resume`, { method: 'PUT', headers: { 'content-type': 'application/json' }, body: '{}' })).status).toBe(200);
+    expect(await queuePaused()).toBe(false);
+    const cancel = await call(`${local}/admin/messages/${target.id}/cancel`, { method: 'POST', headers: form, body: `csrf=${token}` });
+    expect(cancel.status, cancel.text).toBe(303);
+    expect(await rowOf(env, target.id)).toMatchObject({
+      status: 'failed',
+      error_code: 'cancelled',
+      operator_actions: [expect.objectContaining({ action: 'cancel', by: 'operator local (console)', from: 'queued', to: 'failed' })],
+    });
   });
 });
 
@@ -256,6 +380,7 @@ describeAttack('with API_TOKENS and operator credentials configured', () => {
   let env: TestEnv;
   let api: RunningApi;
   let second: RunningApi;
+  let front: RunningNginx;
   let outside: string;
   let own: { id: number; status_url: string };
   let foreign: { id: number };
@@ -274,6 +399,7 @@ describeAttack('with API_TOKENS and operator credentials configured', () => {
     api = (await env.startService({ workers: 1 })).api!;
     second = await startApi(env.config, env.logger);
     outside = `http://${externalAddress!}:${new URL(api.url).port}`;
+    front = await startNginx(nginx!, Number(new URL(api.url).port));
     own = (await postJson(outside, '/send', { enterprise_number: '0367', phone: PHONE, text: SECRET_TEXT }, { authorization: `Bearer ${CRM_TOKEN}` })).json as typeof own;
     foreign = (await postJson(api.url, '/send', { enterprise_number: '0368', phone: PHONE, text: SECRET_TEXT }, { authorization: `Bearer ${CRM_TOKEN}` })).json as typeof foreign;
     // 0368 is not the token's: recorded as refused, a message it cannot see either way.
@@ -281,6 +407,7 @@ describeAttack('with API_TOKENS and operator credentials configured', () => {
   });
 
   afterAll(async () => {
+    await front?.stop();
     await second?.stop();
     await env?.cleanup();
   });
@@ -293,19 +420,43 @@ describeAttack('with API_TOKENS and operator credentials configured', () => {
     expect(balance.status).toBe(200);
     expect(balance.text).not.toContain(DEMO_USER);
     expect((await call(`${outside}/enterprises/0368/balance`, { headers: token })).status).toBe(404);
-    for (const path of ['/reports/recent', '/metrics', '/admin/queues']) {
-      const answer = await call(`${outside}${path}`, { headers: token });
-      expect(answer.status, path).toBe(401);
-      expect(answer.headers.get('www-authenticate'), path).toMatch(/^Basic /);
+    // A token is not the operator: with operator credentials configured, the operator surfaces ask
+    // for them (401, a Basic challenge), whatever the token.
+    const reads = ['/reports', '/reports/recent', '/metrics', '/admin/queues', '/admin/messages', `/admin/messages/${own.id}`].map((path) => ['GET', path] as const);
+    for (const [method, path] of [...reads, ...operatorWrites(own.id)]) {
+      const answer = await call(`${outside}${path}`, { method, headers: token });
+      expect(answer.status, `${method} ${path}`).toBe(401);
+      expect(answer.headers.get('www-authenticate'), `${method} ${path}`).toMatch(/^Basic /);
+      expectNothingSecret(answer, `${method} ${path}`);
+    }
+
+    // Through nginx the token reaches its messages, and no operator surface at all: nginx answers 404 itself.
+    expect((await call(front.url(`/messages/${own.id}`), { headers: token })).status).toBe(200);
+    for (const path of everyOperatorPath(own.id)) {
+      for (const method of ['GET', 'POST', 'PUT']) expectNginxNotFound(await call(front.url(path), { method, headers: token }), `nginx ${method} ${path}`);
     }
   });
 
   it('gives the operator everything, and the WebSMS user with the balance; without the credentials, even on the host, nothing', async () => {
     const operator = basic(ADMIN.user, ADMIN.password);
-    for (const path of OPERATOR_PATHS) expect((await call(`${outside}${path}`, { headers: operator })).status, path).toBe(200);
+    for (const path of operatorPaths(own.id)) expect((await call(`${outside}${path}`, { headers: operator })).status, path).toBe(200);
     expect((await call(`${outside}/messages/${foreign.id}`, { headers: operator })).status).toBe(200);
     expect(JSON.parse((await call(`${outside}/enterprises/0367/balance`, { headers: operator })).text)).toMatchObject({ websms_user: DEMO_USER });
-    for (const path of ['/reports/recent', '/metrics', '/admin/queues']) expect((await call(`${api.url}${path}`)).status, path).toBe(401);
+    for (const path of ['/reports/recent', '/metrics', '/admin/queues', '/admin/messages']) expect((await call(`${api.url}${path}`)).status, path).toBe(401);
+    // The writes reach the operator, and are refused as read-only (DASHBOARD_READ_ONLY, the default).
+    for (const [method, path] of operatorWrites(own.id)) expect((await call(`${outside}${path}`, { method, headers: operator })).status, `${method} ${path}`).toBe(405);
+
+    // nginx publishes none of it, even to the right credentials: operators reach these on the host
+    // or through a location of their own (README, "Security").
+    const before = await rowOf(env, own.id);
+    for (const path of everyOperatorPath(own.id)) {
+      for (const method of ['GET', 'HEAD', 'POST', 'PUT']) {
+        const answer = await call(front.url(path), { method, headers: operator });
+        if (method === 'HEAD') expect(answer.status, `nginx HEAD ${path}`).toBe(404);
+        else expectNginxNotFound(answer, `nginx ${method} ${path}`);
+      }
+    }
+    expect(await rowOf(env, own.id)).toEqual(before);
   });
 
   it('throttles guessing: after a few wrong passwords, tokens or keys from one client, 429 from every API process, even for the right password', async () => {
