@@ -13,7 +13,7 @@ import { HttpError } from './errors.ts';
 // - the operator: HTTP Basic with ADMIN_USER/ADMIN_PASSWORD, or, when those are not configured, a
 //   direct local peer (see isDirectLocalPeer) — `curl 127.0.0.1:8014/metrics` on the host works
 //   without any setting, while nothing that came through a proxy or from another host does;
-// - for one message, its status key (message-access.ts).
+// - for one message, its status key (checked in message-route.ts; messages/status-key.ts).
 // Bad credentials of any kind are counted per client address; past a few a minute the client gets
 // 429 before its credentials are even looked at (credential-throttle.ts).
 
