@@ -50,20 +50,6 @@ export default defineConfig({
         test: {
           name: 'faults',
           include: ['test/faults/**/*.test.ts'],
-          exclude: ['test/faults/sentinel-failover.test.ts'],
-          globalSetup: ['test/support/global-setup.ts'],
-          testTimeout: 180_000,
-          hookTimeout: 60_000,
-          fileParallelism: false,
-        },
-      },
-      {
-        // The Sentinel failover scenario, on its own: `npm run test:sentinel`. Not yet in CI's gate:
-        // it fails in about one run of three (messages left queued after a failover; /health not
-        // back), a fault still being investigated, and CI must not pass or fail by chance.
-        test: {
-          name: 'sentinel',
-          include: ['test/faults/sentinel-failover.test.ts'],
           globalSetup: ['test/support/global-setup.ts'],
           testTimeout: 180_000,
           hookTimeout: 60_000,

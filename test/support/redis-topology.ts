@@ -73,7 +73,14 @@ async function startRedisProcess(name: string, dir: string, port: number, args: 
   };
 }
 
-const serverArgs = (port: number, dir: string) => ['--port', String(port), '--bind', '127.0.0.1', '--dir', dir, '--save', '', '--appendonly', 'no', '--protected-mode', 'no'];
+const serverArgs = (port: number, dir: string, password?: string) => [
+  ...['--port', String(port), '--bind', '127.0.0.1', '--dir', dir, '--save', '', '--appendonly', 'no', '--protected-mode', 'no'],
+  // The same password for clients and for a replica's link to its master (either may be promoted).
+  ...(password ? ['--requirepass', password, '--masterauth', password] : []),
+];
+
+/** Passwords of the servers and sentinels started with one, by port, for command(). */
+const passwords = new Map<number, string>();
 
 export const SENTINEL_MASTER = 'sms-test';
 
@@ -93,20 +100,31 @@ export interface SentinelSet {
   close(): Promise<void>;
 }
 
-export async function startSentinelSet(options: { downAfterMs?: number } = {}): Promise<SentinelSet> {
+export interface SentinelSetOptions {
+  downAfterMs?: number;
+  /** requirepass of the master and the replica (and the sentinels' auth-pass to them) */
+  password?: string;
+  /** requirepass of the sentinels themselves */
+  sentinelPassword?: string;
+}
+
+export async function startSentinelSet(options: SentinelSetOptions = {}): Promise<SentinelSet> {
+  const { password, sentinelPassword } = options;
   const dir = await mkdtemp(join(tmpdir(), 'sms-sentinel-'));
   const processes: RedisProcess[] = [];
   let proxy: TcpProxy | undefined;
   try {
     const masterPort = await freePort();
-    const master = await startRedisProcess('master', dir, masterPort, [...serverArgs(masterPort, dir), '--dbfilename', 'master.rdb']);
+    if (password) passwords.set(masterPort, password);
+    const master = await startRedisProcess('master', dir, masterPort, [...serverArgs(masterPort, dir, password), '--dbfilename', 'master.rdb']);
     processes.push(master);
     proxy = await startTcpProxy({ host: '127.0.0.1', port: masterPort });
     const replicaPort = await freePort();
     // Through the proxy, but announcing where it really listens, so sentinels and a promoted master's
     // replicas find it; repl-diskless-load keeps a full sync quick.
+    if (password) passwords.set(replicaPort, password);
     const replica = await startRedisProcess('replica', dir, replicaPort, [
-      ...serverArgs(replicaPort, dir),
+      ...serverArgs(replicaPort, dir, password),
       '--dbfilename',
       'replica.rdb',
       '--replicaof',
@@ -135,9 +153,13 @@ export async function startSentinelSet(options: { downAfterMs?: number } = {}): 
           `sentinel down-after-milliseconds ${SENTINEL_MASTER} ${downAfterMs}`,
           `sentinel failover-timeout ${SENTINEL_MASTER} 10000`,
           `sentinel parallel-syncs ${SENTINEL_MASTER} 1`,
+          ...(password ? [`sentinel auth-pass ${SENTINEL_MASTER} ${password}`] : []),
+          // A sentinel with a password needs it from the other sentinels too (sentinel-pass).
+          ...(sentinelPassword ? [`requirepass ${sentinelPassword}`, `sentinel sentinel-pass ${sentinelPassword}`] : []),
           '',
         ].join('\n'),
       );
+      if (sentinelPassword) passwords.set(port, sentinelPassword);
       const sentinel = await startRedisProcess(`sentinel-${i}`, dir, port, [conf, '--sentinel']);
       processes.push(sentinel);
       sentinels.push(sentinel);
@@ -161,7 +183,8 @@ export async function startSentinelSet(options: { downAfterMs?: number } = {}): 
         REDIS_SENTINELS: sentinels.map((s) => `127.0.0.1:${s.port}`).join(','),
         REDIS_SENTINEL_MASTER: SENTINEL_MASTER,
         // Host and port unused under Sentinel; a port nothing listens on proves it.
-        REDIS_URL: 'redis://127.0.0.1:1/0',
+        REDIS_URL: password ? `redis://:${encodeURIComponent(password)}@127.0.0.1:1/0` : 'redis://127.0.0.1:1/0',
+        ...(sentinelPassword ? { REDIS_SENTINEL_PASSWORD: sentinelPassword } : {}),
       },
       async masterPort() {
         for (const sentinel of sentinels) {
@@ -175,6 +198,7 @@ export async function startSentinelSet(options: { downAfterMs?: number } = {}): 
         await Promise.all(processes.map((p) => p.kill()));
         await proxy?.close();
         await rm(dir, { recursive: true, force: true });
+        for (const p of processes) passwords.delete(p.port);
       },
     };
     return set;
@@ -238,7 +262,10 @@ export async function startLocalCluster(): Promise<LocalCluster> {
 
 /** One command through redis-cli, its reply lines (arrays come one element a line). */
 export async function command(port: number, args: string[]): Promise<string[]> {
-  const { stdout } = await run('redis-cli', ['-h', '127.0.0.1', '-p', String(port), ...args], { timeout: 5_000 });
+  const password = passwords.get(port);
+  // REDISCLI_AUTH rather than -a: a password on a command line shows in ps.
+  const env = password ? { ...process.env, REDISCLI_AUTH: password } : process.env;
+  const { stdout } = await run('redis-cli', ['-h', '127.0.0.1', '-p', String(port), ...args], { timeout: 5_000, env });
   return stdout.split('\n').filter((line) => line !== '');
 }
 
@@ -264,7 +291,8 @@ function pong(port: number): Promise<boolean> {
     socket.setTimeout(1_000, () => done(false));
     socket.once('error', () => done(false));
     socket.once('connect', () => socket.write('PING\r\n'));
-    socket.once('data', (data) => done(data.toString('utf8').startsWith('+PONG')));
+    // A server with a password answers -NOAUTH: up all the same.
+    socket.once('data', (data) => done(/^(\+PONG|-NOAUTH)/.test(data.toString('utf8'))));
   });
 }
 
