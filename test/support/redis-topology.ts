@@ -94,6 +94,15 @@ export interface SentinelSet {
   readonly env: Record<string, string>;
   /** The master's port as the sentinels (the first that answers) report it. */
   masterPort(): Promise<number | undefined>;
+  /**
+   * Whether every sentinel would promote the server on `port` now: it lists it as a replica, neither
+   * down nor disconnected, with its link to the master up. (A server's own INFO says it replicates
+   * well before the sentinels' view, refreshed every few seconds, does; a failover asked for before
+   * then finds no replica to promote.)
+   */
+  promotable(port: number): Promise<boolean>;
+  /** SENTINEL FAILOVER, asked again while a sentinel answers that it has no replica to promote yet. */
+  switchover(timeoutMs?: number): Promise<void>;
   /** Every pid still running (servers and sentinels). */
   pids(): number[];
   /** Kills every process and removes the directories. */
@@ -193,6 +202,22 @@ export async function startSentinelSet(options: SentinelSetOptions = {}): Promis
         }
         return undefined;
       },
+      async promotable(port) {
+        for (const sentinel of sentinels) {
+          const replica = (await sentinelReplicas(sentinel.port)).find((r) => r.get('port') === String(port));
+          if (!replica || replica.get('flags') !== 'slave' || replica.get('master-link-status') !== 'ok') return false;
+        }
+        return true;
+      },
+      async switchover(timeoutMs = 30_000) {
+        let reply: string[] = [];
+        await waitUntil('a sentinel to accept SENTINEL FAILOVER', timeoutMs, async () => {
+          reply = await command(sentinels[0]!.port, ['SENTINEL', 'FAILOVER', SENTINEL_MASTER]);
+          return reply[0] === 'OK';
+        }).catch((error: unknown) => {
+          throw new Error(`${String(error)}; last answer: ${reply.join(' ')}`);
+        });
+      },
       pids: () => processes.map((p) => p.pid()).filter((pid): pid is number => pid !== undefined && isAlive(pid)),
       async close() {
         await Promise.all(processes.map((p) => p.kill()));
@@ -267,6 +292,17 @@ export async function command(port: number, args: string[]): Promise<string[]> {
   const env = password ? { ...process.env, REDISCLI_AUTH: password } : process.env;
   const { stdout } = await run('redis-cli', ['-h', '127.0.0.1', '-p', String(port), ...args], { timeout: 5_000, env });
   return stdout.split('\n').filter((line) => line !== '');
+}
+
+/** SENTINEL REPLICAS as one map of fields per replica (redis-cli prints the nested arrays flat, a value a line). */
+async function sentinelReplicas(sentinelPort: number): Promise<Array<Map<string, string>>> {
+  const lines = await command(sentinelPort, ['SENTINEL', 'REPLICAS', SENTINEL_MASTER]);
+  const replicas: Array<Map<string, string>> = [];
+  for (let i = 0; i + 1 < lines.length; i += 2) {
+    if (lines[i] === 'name') replicas.push(new Map());
+    replicas.at(-1)?.set(lines[i]!, lines[i + 1]!);
+  }
+  return replicas;
 }
 
 async function info(port: number, section: string, args: string[] = ['INFO', section]): Promise<string> {
