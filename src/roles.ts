@@ -22,7 +22,7 @@ import { serviceMetricSources } from './metrics/service-families.ts';
 import { createBalanceCache } from './balance-watch/balance-cache.ts';
 import { DEFAULT_REFRESH_CONCURRENCY } from './balance-watch/refresh-balances.ts';
 import { startBalanceWatch } from '../workers/balance-worker.ts';
-import { callbackEmitPorts, createCallbackQueue, startCallbackDelivery } from './callbacks/callback-delivery.ts';
+import { callbackEmitPorts, startCallbackDelivery } from './callbacks/callback-delivery.ts';
 import { callbackMetricsText } from './callbacks/callback-metrics.ts';
 import { emitMessageEvent, emitMessageEvents, sendOutcomeEvent } from './callbacks/emit-message-event.ts';
 
@@ -64,8 +64,7 @@ export async function startApi(config: Config, logger: Logger): Promise<RunningA
   };
   const balanceCache = createBalanceCache(deps.redis, config.queuePrefix);
   // A caller's cancel raises its message.failed like any other final status.
-  const callbackQueue = createCallbackQueue(deps.redis, config.queuePrefix);
-  const callbackEvents = callbackEmitPorts(deps.db, logger, callbackQueue);
+  const callbackEvents = callbackEmitPorts(deps.db, logger);
   // A caller's cancel, and the message console's buttons: the jobs CLI's own use cases.
   const operatorPorts = inspectionPorts(deps, callbackEvents);
   const monitor = createQueueMonitor(deps.redis, deps.queue, config.queuePrefix, Date.now, serviceMetricSources(deps, balanceCache));
@@ -133,7 +132,6 @@ export async function startApi(config: Config, logger: Logger): Promise<RunningA
       clearTimeout(hardClose);
       await waiter.close();
       eventsRedis.disconnect();
-      await callbackQueue.close().catch(() => undefined);
       await deps.close();
       logger.info('api stopped');
     },
@@ -153,9 +151,17 @@ export async function startWorker(config: Config, logger: Logger): Promise<Runni
   const workerRedis = createRedis(config.redis, 'blocking', 'user-sms-worker-jobs');
   workerRedis.on('error', () => undefined);
   const telemetry = createWorkerTelemetry(config.redis, config.queuePrefix, logger);
-  // Events for callers that gave a callback_url (src/callbacks): raised here for send outcomes.
-  const callbackQueue = createCallbackQueue(deps.redis, config.queuePrefix);
-  const callbackEvents = callbackEmitPorts(deps.db, logger, callbackQueue);
+  // Events for callers that gave a callback_url (src/callbacks): raised here for send outcomes and
+  // delivery statuses, and delivered from here when callbacks are on.
+  const callbackDelivery = startCallbackDelivery({
+    db: deps.db,
+    logger,
+    settings: config.callbacks,
+    redis: config.redis,
+    prefix: config.queuePrefix,
+    sweeper: { intervalMs: config.sweeper.intervalMs, graceMs: config.sweeper.pendingAfterMs },
+  });
+  const callbackEvents = callbackEmitPorts(deps.db, logger, callbackDelivery?.wake);
   const worker = createSendWorker(
     {
       db: deps.db,
@@ -199,15 +205,6 @@ export async function startWorker(config: Config, logger: Logger): Promise<Runni
     { intervalMs: config.sweeper.intervalMs, idleMs: config.sweeper.pendingAfterMs },
   );
   sweeper.start();
-  const callbackDelivery = await startCallbackDelivery({
-    db: deps.db,
-    logger,
-    queue: callbackQueue,
-    settings: config.callbacks,
-    redis: config.redis,
-    prefix: config.queuePrefix,
-    sweeper: { intervalMs: config.sweeper.intervalMs, graceMs: config.sweeper.pendingAfterMs },
-  });
   const deliveryPoller = createDeliveryPoller(
     {
       db: deps.db,
@@ -239,7 +236,6 @@ export async function startWorker(config: Config, logger: Logger): Promise<Runni
       // Waits for running jobs; a job cut off later (kill -9) comes back as stalled.
       await worker.close();
       await callbackDelivery?.stop();
-      await callbackQueue.close().catch(() => undefined);
       await telemetry.stop();
       workerRedis.disconnect();
       await deps.close();

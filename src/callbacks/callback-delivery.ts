@@ -1,38 +1,25 @@
-import { Queue } from 'bullmq';
 import type { Db } from '../db/database.ts';
-import { createRedis, type RedisClient, type RedisTarget } from '../redis-connection.ts';
+import { createRedis, type RedisTarget } from '../redis-connection.ts';
 import type { Logger } from '../logger.ts';
-import { createCallbackWorker } from '../../workers/callback-worker.ts';
-import { CALLBACK_QUEUE, queueCallbackDeliveries, queueCallbackDelivery, requeueCallbackDelivery, type CallbackJobData } from './callback-jobs.ts';
+import { createCallbackDispatcher } from './callback-dispatcher.ts';
 import { createCallbackMetrics } from './callback-metrics.ts';
 import { createCallbackSender } from './callback-sender.ts';
 import type { CallbackSettings } from './callback-settings.ts';
 import { createCallbackSweeper } from './callback-sweeper.ts';
 import { raiseOwedEvent, type CallbackEmitPorts } from './emit-message-event.ts';
 
-// Composition of the callback side of a process: the queue every process that raises events needs,
-// and, in worker processes with callbacks on, the delivery worker, its sweeper and its counters.
+// Composition of the callback side of a worker process with callbacks on: the dispatcher that claims
+// and attempts due events, its sweeper of owed events, and its counters. Processes that only raise
+// events (the API, the jobs CLI) need nothing but PostgreSQL: a raised event is a due row.
 
-export function createCallbackQueue(redis: RedisClient, prefix: string): Queue<CallbackJobData> {
-  const queue = new Queue<CallbackJobData>(CALLBACK_QUEUE, { connection: redis, prefix });
-  queue.on('error', () => undefined); // surfaced through the calls that fail
-  return queue;
-}
-
-/** What emitMessageEvent needs, over a callback queue. */
-export function callbackEmitPorts(db: Db, logger: Logger, queue: Queue<CallbackJobData>): CallbackEmitPorts {
-  return {
-    db,
-    logger,
-    queueDelivery: (eventId, messageId) => queueCallbackDelivery(queue, eventId, messageId),
-    queueDeliveries: (events) => queueCallbackDeliveries(queue, events),
-  };
-}
+/** How often a dispatcher looks for due events nobody in its process raised (the API's, retries, leases run out). */
+const DISPATCH_INTERVAL_MS = 1_000;
+/** A claimed event's lease beyond its attempt's timeout: then it is due again (its process died). */
+const LEASE_MARGIN_MS = 10_000;
 
 export interface CallbackDeliveryOptions {
   db: Db;
   logger: Logger;
-  queue: Queue<CallbackJobData>;
   settings: CallbackSettings;
   redis: RedisTarget;
   prefix: string;
@@ -40,45 +27,49 @@ export interface CallbackDeliveryOptions {
 }
 
 export interface RunningCallbackDelivery {
+  /** An event was raised in this process: attempt it without waiting for the next look. */
+  wake: () => void;
   stop(): Promise<void>;
 }
 
+/** What emitMessageEvent needs; `wake` tells this process's dispatcher, when it has one. */
+export function callbackEmitPorts(db: Db, logger: Logger, wake?: () => void): CallbackEmitPorts {
+  return wake ? { db, logger, wake } : { db, logger };
+}
+
 /** Starts delivering callbacks in this process; undefined when callbacks are off (no allowed host). */
-export async function startCallbackDelivery(options: CallbackDeliveryOptions): Promise<RunningCallbackDelivery | undefined> {
-  const { settings, logger, db, queue } = options;
+export function startCallbackDelivery(options: CallbackDeliveryOptions): RunningCallbackDelivery | undefined {
+  const { settings, logger, db } = options;
   if (settings.allowedHosts.length === 0 || settings.signingSecret === undefined) return undefined;
   const sender = createCallbackSender({ allowedHosts: settings.allowedHosts, signingSecret: settings.signingSecret, timeoutMs: settings.timeoutMs });
-  // Blocking commands need their own connection; counters a fail-fast one (a dropped count, never a pile-up).
-  const workerRedis = createRedis(options.redis, 'blocking', 'user-sms-callbacks');
-  workerRedis.on('error', () => undefined);
+  // Counters on a fail-fast connection: a dropped count, never a pile-up.
   const metricsRedis = createRedis(options.redis, 'command', 'user-sms-callback-metrics');
   metricsRedis.on('error', () => undefined);
-  const worker = createCallbackWorker(
+  const metrics = createCallbackMetrics(metricsRedis, options.prefix);
+  const dispatcher = createCallbackDispatcher(
+    { db, logger, deliver: (event) => sender.deliver(event), metrics },
     {
-      db,
-      logger,
-      deliver: (event) => sender.deliver(event),
-      queueDelivery: (eventId, messageId) => queueCallbackDelivery(queue, eventId, messageId),
+      concurrency: settings.concurrency,
+      intervalMs: DISPATCH_INTERVAL_MS,
+      leaseMs: settings.timeoutMs + LEASE_MARGIN_MS,
       retryBackoffMs: settings.retryBackoffMs,
       retryForS: settings.retryForS,
-      metrics: createCallbackMetrics(metricsRedis, options.prefix),
     },
-    { connection: workerRedis, prefix: options.prefix, concurrency: settings.concurrency },
   );
-  worker.on('error', (error) => logger.warn({ err: error.message }, 'callback worker error'));
-  await worker.waitUntilReady();
+  dispatcher.start();
   const sweeper = createCallbackSweeper(
-    { db, logger, requeue: (eventId, messageId) => requeueCallbackDelivery(queue, eventId, messageId), raiseOwed: (owed) => raiseOwedEvent(callbackEmitPorts(db, logger, queue), owed) },
+    { db, logger, raiseOwed: (owed) => raiseOwedEvent(callbackEmitPorts(db, logger, dispatcher.wake), owed) },
     { intervalMs: options.sweeper.intervalMs, graceMs: options.sweeper.graceMs },
   );
   sweeper.start();
   logger.info({ concurrency: settings.concurrency, allowedHosts: settings.allowedHosts.length }, 'callback delivery started');
   return {
+    wake: dispatcher.wake,
     async stop() {
       await sweeper.stop();
-      await worker.close();
+      await dispatcher.stop();
       sender.close();
-      workerRedis.disconnect();
+      await metrics.close();
       metricsRedis.disconnect();
     },
   };

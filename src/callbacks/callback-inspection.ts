@@ -59,12 +59,6 @@ export async function listCallbackEvents(
   return events.map(view);
 }
 
-export interface CallbackRetryPorts {
-  db: Db;
-  /** queues the event again (its job may be gone or failed) */
-  requeue: (eventId: number, messageId: number) => Promise<unknown>;
-}
-
 export type CallbackRetryResult =
   | { kind: 'done'; eventId: number; messageId: number; queued: boolean; explanation: string }
   | { kind: 'nothing'; eventId: number; explanation: string }
@@ -76,16 +70,16 @@ export type CallbackRetryResult =
  * earlier event of its message is still pending, right after it). Same webhook-id and body: a
  * receiver that did get it after all can drop it.
  */
-export async function retryCallbackEvent(ports: CallbackRetryPorts, eventId: number): Promise<CallbackRetryResult> {
-  const event = await findEvent(ports.db, eventId);
+export async function retryCallbackEvent(db: Db, eventId: number): Promise<CallbackRetryResult> {
+  const event = await findEvent(db, eventId);
   if (!event) return { kind: 'not-found', eventId };
   if (event.status === 'delivered') return { kind: 'refused', eventId, reason: 'already delivered' };
   if (event.status === 'pending') {
     return { kind: 'nothing', eventId, explanation: `still pending: next attempt at ${event.nextAttemptAt.toISOString()}` };
   }
-  if (!(await reopenGivenUp(ports.db, eventId))) return { kind: 'refused', eventId, reason: 'its state changed meanwhile; look again and rerun' };
-  const head = await isHead(ports.db, event.messageId, eventId);
-  if (head) await ports.requeue(eventId, event.messageId);
+  if (!(await reopenGivenUp(db, eventId))) return { kind: 'refused', eventId, reason: 'its state changed meanwhile; look again and rerun' };
+  // Due now: a worker's dispatcher claims it within a second, unless an earlier event of its message is pending.
+  const head = await isHead(db, event.messageId, eventId);
   return {
     kind: 'done',
     eventId,

@@ -2,11 +2,11 @@ import type { RedisClient } from '../redis-connection.ts';
 import type { Db } from '../db/database.ts';
 import { formatFamilies, type MetricFamily } from '../metrics/exposition.ts';
 import { countOpenEvents } from './callback-repository.ts';
-import type { CallbackMetrics } from './deliver-callback.ts';
+import type { CallbackMetrics } from './callback-dispatcher.ts';
 
-// Callback counters, counted by the workers (one Redis hash, fire-and-forget like the send counters:
-// a failed write is dropped, never waited for) and read by the API on each scrape, with the number of
-// events pending and given up right now from PostgreSQL. Labels are event types only.
+// Callback counters, counted by the workers (one Redis hash, written folded once a second, never
+// waited for by a delivery: a failed write is dropped) and read by the API on each scrape, with the
+// number of events pending and given up right now from PostgreSQL. Labels are event types only.
 
 export function callbackMetricsKey(prefix: string): string {
   return `${prefix}:metrics:callbacks`;
@@ -14,19 +14,43 @@ export function callbackMetricsKey(prefix: string): string {
 
 const COUNTERS = ['delivered', 'failed_attempts', 'given_up'] as const;
 
-export function createCallbackMetrics(redis: RedisClient, prefix: string): CallbackMetrics {
+/** How often counts are written: monitoring scrapes every 15 s or so, and one write per second costs nothing. */
+const FLUSH_MS = 1_000;
+
+export interface CallbackCounters extends CallbackMetrics {
+  /** Writes what has been counted so far (done every second until then) and stops. */
+  close(): Promise<void>;
+}
+
+/** Counts in memory and writes them folded, one HINCRBY per counter and type each second, not one per event. */
+export function createCallbackMetrics(redis: RedisClient, prefix: string): CallbackCounters {
   const key = callbackMetricsKey(prefix);
+  const counts = new Map<string, number>();
   const count = (counter: (typeof COUNTERS)[number], type: string) => {
+    const field = `${counter}:${type}`;
+    counts.set(field, (counts.get(field) ?? 0) + 1);
+  };
+  async function flush(): Promise<void> {
+    if (counts.size === 0) return;
+    const fields = [...counts];
+    counts.clear();
     try {
-      redis.hincrby(key, `${counter}:${type}`, 1).catch(() => undefined);
+      const pipeline = redis.pipeline();
+      for (const [field, n] of fields) pipeline.hincrby(key, field, n);
+      await pipeline.exec();
     } catch {
       // dropped: monitoring never fails a delivery
     }
-  };
+  }
+  const timer = setInterval(() => void flush(), FLUSH_MS).unref();
   return {
     delivered: (type) => count('delivered', type),
     failedAttempt: (type) => count('failed_attempts', type),
     givenUp: (type) => count('given_up', type),
+    async close() {
+      clearInterval(timer);
+      await flush();
+    },
   };
 }
 

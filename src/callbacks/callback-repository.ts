@@ -5,11 +5,13 @@ import type { Db } from '../db/database.ts';
 // statement, the database first. Raw SQL: the table belongs to this room alone.
 //
 // Glossary
-// - event: one change of a message that its caller asked to hear about (message.sent …), a row here
-//   before it is a queue job; its body is fixed when it is raised and sent byte for byte each time.
+// - event: one change of a message that its caller asked to hear about (message.sent …): a row here,
+//   which is also its place in the delivery queue; its body is fixed when it is raised and sent byte
+//   for byte each time.
 // - attempt: one POST of an event to its callback_url; every attempt carries the event's webhook-id.
-// - head: a message's oldest pending event; only the head is delivered, so one message's events
-//   arrive in order.
+// - head: a message's oldest pending event; only the head is claimed for an attempt, so one message's
+//   events arrive in order.
+// - lease: a claimed event is due again after its lease unless its attempt is recorded first.
 // - given up: an event whose retry window ended without a 2xx; an operator may retry it.
 
 export type CallbackEventStatus = 'pending' | 'delivered' | 'given_up';
@@ -106,75 +108,52 @@ export interface NewCallbackEvent {
 }
 
 /**
- * The new event's id, and whether it is its message's head (no earlier event still pending); undefined
- * when this change of this message was already raised. Either way the change is no longer owed: the
- * same statement settles its callback_owed marker.
- *
- * Why one statement can both write and look (see isHead for the two-statement form the finishing side
- * keeps): the look locks the message's pending events (FOR UPDATE). A worker finishing one of them
- * (delivered or given up) updates that row, then reads the message's next pending event in a new
- * statement. If the finisher's update comes first, this statement waits for its commit and then sees
- * the row as it is now (no longer pending): the new event is the head and is queued here. If this
- * statement locks first, the finisher's update waits for this commit, so its read afterwards sees the
- * new event and queues it. Either way one of the two queues it (both may: the job id is the event's).
+ * The new event's id; undefined when this change of this message was already raised. Either way the
+ * change is no longer owed: the same statement settles its callback_owed marker. Whether the event
+ * goes out now or after an earlier one of its message is decided when events are claimed
+ * (claimDueHeads), not here.
  */
-export async function insertEvent(db: Db, event: NewCallbackEvent): Promise<{ id: number; head: boolean } | undefined> {
-  const result = await sql<{ id: string; head: boolean }>`
-    WITH earlier AS (
-      SELECT id FROM callback_events WHERE message_id = ${String(event.messageId)} AND status = 'pending' FOR UPDATE
-    ), settled AS (
+export async function insertEvent(db: Db, event: NewCallbackEvent): Promise<{ id: number } | undefined> {
+  const result = await sql<{ id: string }>`
+    WITH settled AS (
       DELETE FROM callback_owed WHERE message_id = ${String(event.messageId)} AND type = ${event.type} AND revision = ${event.revision}
-    ), inserted AS (
-      INSERT INTO callback_events (message_id, type, revision, webhook_id, url, body, created_at, window_start_at, next_attempt_at)
-      VALUES (${String(event.messageId)}, ${event.type}, ${event.revision}, ${event.webhookId}, ${event.url}, ${event.body},
-              ${event.createdAt}, ${event.createdAt}, ${event.createdAt})
-      ON CONFLICT (message_id, type, revision) DO NOTHING
-      RETURNING id
     )
-    SELECT inserted.id, NOT EXISTS (SELECT 1 FROM earlier) AS head FROM inserted`.execute(db);
+    INSERT INTO callback_events (message_id, type, revision, webhook_id, url, body, created_at, window_start_at, next_attempt_at)
+    VALUES (${String(event.messageId)}, ${event.type}, ${event.revision}, ${event.webhookId}, ${event.url}, ${event.body},
+            ${event.createdAt}, ${event.createdAt}, ${event.createdAt})
+    ON CONFLICT (message_id, type, revision) DO NOTHING
+    RETURNING id`.execute(db);
   const row = result.rows[0];
-  return row ? { id: Number(row.id), head: row.head } : undefined;
+  return row ? { id: Number(row.id) } : undefined;
 }
 
 /**
  * insertEvent for several messages in one statement, at most one event per message (a delivery poll
- * round's final statuses): each new event's id and whether it is its message's head, by the same
- * locking look as insertEvent. Changes already raised are left out.
+ * round's final statuses). Changes already raised are left out.
  */
-export async function insertEvents(db: Db, events: readonly NewCallbackEvent[]): Promise<Array<{ id: number; messageId: number; head: boolean }>> {
+export async function insertEvents(db: Db, events: readonly NewCallbackEvent[]): Promise<Array<{ id: number; messageId: number }>> {
   if (events.length === 0) return [];
   if (new Set(events.map((e) => e.messageId)).size !== events.length) throw new Error('insertEvents takes at most one event per message');
-  // Locks in message order: two statements over the same messages never wait on each other crosswise.
+  // In message order: two statements over the same messages never wait on each other crosswise.
   const sorted = [...events].sort((a, b) => a.messageId - b.messageId);
   const column = <T>(pick: (e: NewCallbackEvent) => T) => sorted.map(pick);
-  const result = await sql<{ id: string; message_id: string; head: boolean }>`
+  const result = await sql<{ id: string; message_id: string }>`
     WITH input AS (
       SELECT * FROM unnest(${column((e) => String(e.messageId))}::bigint[], ${column((e) => e.type)}::text[], ${column((e) => e.revision)}::int[],
                            ${column((e) => e.webhookId)}::text[], ${column((e) => e.url)}::text[], ${column((e) => e.body)}::text[],
                            ${column((e) => e.createdAt.toISOString())}::timestamptz[])
         WITH ORDINALITY AS i (message_id, type, revision, webhook_id, url, body, created_at, position)
-    ), earlier AS (
-      SELECT e.message_id FROM callback_events e JOIN input i ON e.message_id = i.message_id
-      WHERE e.status = 'pending' ORDER BY e.message_id, e.id FOR UPDATE OF e
     ), settled AS (
       DELETE FROM callback_owed o USING input i WHERE o.message_id = i.message_id AND o.type = i.type AND o.revision = i.revision
-    ), inserted AS (
-      INSERT INTO callback_events (message_id, type, revision, webhook_id, url, body, created_at, window_start_at, next_attempt_at)
-      SELECT message_id, type, revision, webhook_id, url, body, created_at, created_at, created_at FROM input ORDER BY position
-      ON CONFLICT (message_id, type, revision) DO NOTHING
-      RETURNING id, message_id
     )
-    SELECT inserted.id, inserted.message_id, NOT EXISTS (SELECT 1 FROM earlier WHERE earlier.message_id = inserted.message_id) AS head
-    FROM inserted ORDER BY inserted.id`.execute(db);
-  return result.rows.map((row) => ({ id: Number(row.id), messageId: Number(row.message_id), head: row.head }));
+    INSERT INTO callback_events (message_id, type, revision, webhook_id, url, body, created_at, window_start_at, next_attempt_at)
+    SELECT message_id, type, revision, webhook_id, url, body, created_at, created_at, created_at FROM input ORDER BY position
+    ON CONFLICT (message_id, type, revision) DO NOTHING
+    RETURNING id, message_id`.execute(db);
+  return result.rows.map((row) => ({ id: Number(row.id), messageId: Number(row.message_id) })).sort((a, b) => a.id - b.id);
 }
 
-/**
- * Whether no earlier event of the message is still pending. A separate statement from the write before
- * it, on purpose: whoever finishes an event writes, then looks for the next (findHead) once the write is
- * committed; whoever raises one writes and looks in one statement that locks the events it looks at
- * (insertEvent). At least one of them sees the other's write and queues the event.
- */
+/** Whether no earlier event of the message is still pending (an operator's retry says when it goes out). */
 export async function isHead(db: Db, messageId: number, eventId: number): Promise<boolean> {
   const result = await sql<{ earlier: boolean }>`
     SELECT EXISTS (
@@ -182,16 +161,6 @@ export async function isHead(db: Db, messageId: number, eventId: number): Promis
       WHERE message_id = ${String(messageId)} AND status = 'pending' AND id < ${String(eventId)}
     ) AS earlier`.execute(db);
   return result.rows[0]?.earlier === false;
-}
-
-/** The message's oldest pending event, if any. */
-export async function findHead(db: Db, messageId: number): Promise<number | undefined> {
-  const result = await sql<{ id: string }>`
-    SELECT id FROM callback_events
-    WHERE message_id = ${String(messageId)} AND status = 'pending'
-    ORDER BY id LIMIT 1`.execute(db);
-  const row = result.rows[0];
-  return row ? Number(row.id) : undefined;
 }
 
 export interface CallbackEvent {
@@ -250,8 +219,9 @@ function toEvent(row: EventRow): CallbackEvent {
   };
 }
 
-const EVENT_COLUMNS = sql`id, message_id, type, webhook_id, url, body, status, attempts, created_at, window_start_at,
-  next_attempt_at, last_attempt_at, last_error, last_http_status, finished_at`;
+const EVENT_COLUMNS_LIST = ['id', 'message_id', 'type', 'webhook_id', 'url', 'body', 'status', 'attempts', 'created_at', 'window_start_at',
+  'next_attempt_at', 'last_attempt_at', 'last_error', 'last_http_status', 'finished_at'] as const;
+const EVENT_COLUMNS = sql.raw(EVENT_COLUMNS_LIST.join(', '));
 
 export async function findEvent(db: Db, eventId: number): Promise<CallbackEvent | undefined> {
   const result = await sql<EventRow>`SELECT ${EVENT_COLUMNS} FROM callback_events WHERE id = ${String(eventId)}`.execute(db);
@@ -259,51 +229,68 @@ export async function findEvent(db: Db, eventId: number): Promise<CallbackEvent 
   return row ? toEvent(row) : undefined;
 }
 
-/** The event, and whether it is its message's head (as isHead, read in the same statement). */
-export async function findEventWithTurn(db: Db, eventId: number): Promise<(CallbackEvent & { head: boolean }) | undefined> {
-  const result = await sql<EventRow & { head: boolean }>`
-    SELECT ${EVENT_COLUMNS},
-      NOT EXISTS (
-        SELECT 1 FROM callback_events p WHERE p.message_id = e.message_id AND p.status = 'pending' AND p.id < e.id
-      ) AS head
-    FROM callback_events e WHERE e.id = ${String(eventId)}`.execute(db);
-  const row = result.rows[0];
-  return row ? { ...toEvent(row), head: row.head } : undefined;
+/**
+ * Claims up to `limit` due events that are their message's head (no earlier event of it still
+ * pending), leasing each for `leaseMs`: it is due again then, unless its attempt is recorded first (a
+ * process that dies mid-attempt leaves its events to be attempted again, with the same webhook-id).
+ * SKIP LOCKED: any number of processes claim side by side, never the same event. An event whose
+ * earlier sibling is out on lease stays unclaimed, so one message's events go out one at a time, in
+ * order.
+ */
+export async function claimDueHeads(db: Db, options: { limit: number; leaseMs: number }): Promise<CallbackEvent[]> {
+  const result = await sql<EventRow>`
+    WITH due AS (
+      SELECT e.id FROM callback_events e
+      WHERE e.status = 'pending' AND e.next_attempt_at <= now()
+        AND NOT EXISTS (SELECT 1 FROM callback_events p WHERE p.message_id = e.message_id AND p.status = 'pending' AND p.id < e.id)
+      ORDER BY e.next_attempt_at
+      LIMIT ${options.limit}
+      FOR UPDATE SKIP LOCKED
+    )
+    UPDATE callback_events e SET next_attempt_at = now() + make_interval(secs => ${options.leaseMs / 1000})
+    FROM due WHERE e.id = due.id
+    RETURNING ${sql.raw(EVENT_COLUMNS_LIST.map((column) => `e.${column}`).join(', '))}`.execute(db);
+  return result.rows.map(toEvent).sort((a, b) => a.id - b.id);
 }
 
+export type AttemptOutcome = 'delivered' | 'retry' | 'given_up';
+
+/** One attempt of a claimed event, as recordAttempts writes it. */
 export interface AttemptRecord {
+  eventId: number;
+  outcome: AttemptOutcome;
   httpStatus: number | null;
   error: string | null;
+  /** when outcome is 'retry' */
+  nextAttemptAt: Date | null;
 }
 
-/** pending → delivered. False when the event was not pending any more. */
-export async function recordDelivered(db: Db, eventId: number, attempt: AttemptRecord): Promise<boolean> {
-  const result = await sql`
-    UPDATE callback_events SET
-      status = 'delivered', attempts = attempts + 1, last_attempt_at = now(), finished_at = now(),
-      last_http_status = ${attempt.httpStatus}, last_error = ${attempt.error}
-    WHERE id = ${String(eventId)} AND status = 'pending'`.execute(db);
-  return (result.numAffectedRows ?? 0n) > 0n;
-}
-
-/** A failed attempt of a pending event; it stays pending until nextAttemptAt. */
-export async function recordFailedAttempt(db: Db, eventId: number, attempt: AttemptRecord & { nextAttemptAt: Date }): Promise<boolean> {
-  const result = await sql`
-    UPDATE callback_events SET
-      attempts = attempts + 1, last_attempt_at = now(), next_attempt_at = ${attempt.nextAttemptAt},
-      last_http_status = ${attempt.httpStatus}, last_error = ${attempt.error}
-    WHERE id = ${String(eventId)} AND status = 'pending'`.execute(db);
-  return (result.numAffectedRows ?? 0n) > 0n;
-}
-
-/** pending → given_up, after a last failed attempt. */
-export async function recordGivenUp(db: Db, eventId: number, attempt: AttemptRecord): Promise<boolean> {
-  const result = await sql`
-    UPDATE callback_events SET
-      status = 'given_up', attempts = attempts + 1, last_attempt_at = now(), finished_at = now(),
-      last_http_status = ${attempt.httpStatus}, last_error = ${attempt.error}
-    WHERE id = ${String(eventId)} AND status = 'pending'`.execute(db);
-  return (result.numAffectedRows ?? 0n) > 0n;
+/**
+ * Records a batch of attempts in one statement: delivered and given up finish their events (the next
+ * event of each message becomes its head), a retry stays pending until nextAttemptAt. Events no longer
+ * pending (recorded meanwhile by a process that claimed them again after a lease ran out) are left as
+ * they are. Returns the ids recorded.
+ */
+export async function recordAttempts(db: Db, attempts: readonly AttemptRecord[]): Promise<number[]> {
+  if (attempts.length === 0) return [];
+  // Row locks in id order: two statements over the same rows never wait on each other crosswise.
+  const sorted = [...attempts].sort((a, b) => a.eventId - b.eventId);
+  const column = <T>(pick: (a: AttemptRecord) => T) => sorted.map(pick);
+  const result = await sql<{ id: string }>`
+    UPDATE callback_events e SET
+      status = CASE r.outcome WHEN 'retry' THEN 'pending' ELSE r.outcome END,
+      attempts = e.attempts + 1,
+      last_attempt_at = now(),
+      finished_at = CASE r.outcome WHEN 'retry' THEN NULL ELSE now() END,
+      next_attempt_at = coalesce(r.next_attempt_at, e.next_attempt_at),
+      last_http_status = r.http_status,
+      last_error = r.error
+    FROM unnest(${column((a) => String(a.eventId))}::bigint[], ${column((a) => a.outcome)}::text[], ${column((a) => a.httpStatus)}::smallint[],
+                ${column((a) => a.error)}::text[], ${column((a) => a.nextAttemptAt?.toISOString() ?? null)}::timestamptz[])
+      AS r (id, outcome, http_status, error, next_attempt_at)
+    WHERE e.id = r.id AND e.status = 'pending'
+    RETURNING e.id`.execute(db);
+  return result.rows.map((row) => Number(row.id));
 }
 
 /** given_up → pending with a fresh retry window, due now (an operator's retry). */
@@ -312,18 +299,6 @@ export async function reopenGivenUp(db: Db, eventId: number): Promise<boolean> {
     UPDATE callback_events SET status = 'pending', window_start_at = now(), next_attempt_at = now(), finished_at = NULL
     WHERE id = ${String(eventId)} AND status = 'given_up'`.execute(db);
   return (result.numAffectedRows ?? 0n) > 0n;
-}
-
-/** Heads overdue by more than graceMs: their job may have been lost (the sweeper checks). */
-export async function findOverdueHeads(db: Db, graceMs: number, limit: number): Promise<Array<{ id: number; messageId: number }>> {
-  const result = await sql<{ id: string; message_id: string }>`
-    SELECT e.id, e.message_id FROM callback_events e
-    WHERE e.status = 'pending' AND e.next_attempt_at < now() - make_interval(secs => ${graceMs / 1000})
-      AND NOT EXISTS (
-        SELECT 1 FROM callback_events p WHERE p.message_id = e.message_id AND p.status = 'pending' AND p.id < e.id)
-    ORDER BY e.next_attempt_at
-    LIMIT ${limit}`.execute(db);
-  return result.rows.map((row) => ({ id: Number(row.id), messageId: Number(row.message_id) }));
 }
 
 export interface EventFilter {

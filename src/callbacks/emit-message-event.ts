@@ -4,9 +4,9 @@ import type { Logger } from '../logger.ts';
 import type { MessageStatus } from '../db/database.ts';
 import { findMessageSnapshot, forgetOwed, insertEvent, insertEvents, type MessageSnapshot, type NewCallbackEvent, type OwedEvent } from './callback-repository.ts';
 
-// Raising an event for a message whose caller gave a callback_url: recorded in PostgreSQL first (so a
-// Redis that loses its jobs loses no event: the callback sweeper queues it again), then queued for
-// delivery if it is its message's oldest pending event (the others follow it, in order).
+// Raising an event for a message whose caller gave a callback_url: a row in PostgreSQL, due at once,
+// which is all its delivery needs (the dispatchers claim due rows, a message's events in order:
+// callback-dispatcher.ts). A dispatcher in the same process is woken to attempt it without waiting.
 // Messages without a callback_url cost one indexed read and raise nothing (none at all when the change
 // that raises the event returned the message as it left it).
 
@@ -16,17 +16,15 @@ export type MessageEventType = (typeof MESSAGE_EVENT_TYPES)[number];
 export interface CallbackEmitPorts {
   db: Db;
   logger: Logger;
-  /** Queues the delivery of one event (the callback queue). Its failure is logged; the sweeper re-queues. */
-  queueDelivery: (eventId: number, messageId: number) => Promise<void>;
-  /** The same for several events at once (default: one at a time). */
-  queueDeliveries?: (events: ReadonlyArray<{ eventId: number; messageId: number }>) => Promise<void>;
+  /** This process's dispatcher, told that an event is due (absent: another process's finds it). */
+  wake?: () => void;
 }
 
 export type EmitResult =
   | { kind: 'no-callback' }
   /** this change of this message was raised before (a re-run of the same outcome) */
   | { kind: 'already-raised' }
-  | { kind: 'recorded'; eventId: number; queued: boolean };
+  | { kind: 'recorded'; eventId: number };
 
 /** The body every receiver gets: no phone, no text, no key. */
 export interface MessageEventBody {
@@ -70,7 +68,7 @@ export function eventBody(type: MessageEventType, message: MessageSnapshot, at: 
 }
 
 /**
- * Records `type` for message `messageId` and queues its delivery. The event describes `changed`, the
+ * Records `type` for message `messageId`, due for delivery at once. The event describes `changed`, the
  * message as the change that raised the event left it (from that statement's RETURNING; null: it has
  * no callback_url), or else the row as it stands now. Idempotent: raising the same change twice (a
  * job that runs again) records one event. Throws only when PostgreSQL cannot record it, so the
@@ -83,17 +81,9 @@ export async function emitMessageEvent(ports: CallbackEmitPorts, messageId: numb
   const inserted = await insertEvent(ports.db, newEvent(type, message, at));
   if (inserted === undefined) return { kind: 'already-raised' };
   const eventId = inserted.id;
-  let queued = false;
-  try {
-    if (inserted.head) {
-      await ports.queueDelivery(eventId, messageId);
-      queued = true;
-    }
-  } catch (error) {
-    ports.logger.warn({ messageId, eventId, type, err: error instanceof Error ? error.message : String(error) }, 'callback event recorded but not queued; the callback sweeper will queue it');
-  }
-  ports.logger.debug({ messageId, eventId, type, queued }, 'callback event raised');
-  return { kind: 'recorded', eventId, queued };
+  ports.wake?.();
+  ports.logger.debug({ messageId, eventId, type }, 'callback event raised');
+  return { kind: 'recorded', eventId };
 }
 
 /** The row an event is recorded as: its body fixed now, a webhook-id of its own for every attempt. */
@@ -111,7 +101,7 @@ function newEvent(type: MessageEventType, message: MessageSnapshot, at: Date): N
 
 /**
  * emitMessageEvent for several messages at once, each described by the change that raised it (a
- * delivery poll round's final statuses: one statement and one queue round trip for the round). At
+ * delivery poll round's final statuses: one statement for the round). At
  * most one event per message. Returns how many were recorded; throws only when PostgreSQL cannot
  * record them.
  */
@@ -122,14 +112,8 @@ export async function emitMessageEvents(ports: CallbackEmitPorts, changes: Reado
     ports.db,
     changes.map(({ type, message }) => newEvent(type, message, at)),
   );
-  const heads = inserted.filter((event) => event.head).map((event) => ({ eventId: event.id, messageId: event.messageId }));
-  try {
-    if (ports.queueDeliveries) await ports.queueDeliveries(heads);
-    else for (const head of heads) await ports.queueDelivery(head.eventId, head.messageId);
-  } catch (error) {
-    ports.logger.warn({ events: heads.length, err: error instanceof Error ? error.message : String(error) }, 'callback events recorded but not queued; the callback sweeper will queue them');
-  }
-  ports.logger.debug({ recorded: inserted.length, queued: heads.length }, 'callback events raised');
+  if (inserted.length > 0) ports.wake?.();
+  ports.logger.debug({ recorded: inserted.length }, 'callback events raised');
   return inserted.length;
 }
 

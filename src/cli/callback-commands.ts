@@ -1,7 +1,5 @@
 import type { Deps } from '../deps.ts';
 import { CALLBACK_STATES, listCallbackEvents, retryCallbackEvent, type CallbackEventView, type CallbackRetryResult } from '../callbacks/callback-inspection.ts';
-import { requeueCallbackDelivery } from '../callbacks/callback-jobs.ts';
-import { createCallbackQueue } from '../callbacks/callback-delivery.ts';
 import type { CallbackEventStatus } from '../callbacks/callback-repository.ts';
 import { EXIT, UsageError } from './args.ts';
 import { formatLocalTime, formatTable } from './table.ts';
@@ -76,13 +74,7 @@ export async function listCallbacksCommand(
 }
 
 export async function retryCallbackCommand(deps: Deps, eventId: number, json: boolean): Promise<number> {
-  const queue = createCallbackQueue(deps.redis, deps.config.queuePrefix);
-  let result: CallbackRetryResult;
-  try {
-    result = await retryCallbackEvent({ db: deps.db, requeue: (id, messageId) => requeueCallbackDelivery(queue, id, messageId) }, eventId);
-  } finally {
-    await queue.close().catch(() => undefined);
-  }
+  const result: CallbackRetryResult = await retryCallbackEvent(deps.db, eventId);
   const code = result.kind === 'not-found' ? EXIT.notFound : result.kind === 'refused' ? EXIT.refused : EXIT.ok;
   if (json) {
     const body: Record<string, unknown> = { action: 'retry-callback', result: result.kind === 'not-found' ? 'not_found' : result.kind, event_id: eventId };

@@ -1,5 +1,5 @@
 import { loadConfig } from '../config.ts';
-import { callbackEmitPorts, createCallbackQueue } from '../callbacks/callback-delivery.ts';
+import { callbackEmitPorts } from '../callbacks/callback-delivery.ts';
 import { createDeps } from '../deps.ts';
 import { createLogger } from '../logger.ts';
 import { dropMessage, inspectionPorts, LISTABLE_STATES, listJobs, retryMessage, type ActionResult, type JobView, type ListableState } from '../queue/inspection.ts';
@@ -168,8 +168,7 @@ async function main(): Promise<number> {
   const config = loadConfig();
   const deps = await createDeps(config, createLogger('error', process.stderr), 'api');
   // A drop raises the caller's event for the message's new status, as any final status does.
-  const callbackQueue = createCallbackQueue(deps.redis, config.queuePrefix);
-  const callbackEvents = callbackEmitPorts(deps.db, deps.logger, callbackQueue);
+  const callbackEvents = callbackEmitPorts(deps.db, deps.logger);
   const ports = inspectionPorts(deps, callbackEvents);
   try {
     if (command === 'list') {
@@ -182,7 +181,6 @@ async function main(): Promise<number> {
     const result = command === 'retry' ? await retryMessage(ports, request) : await dropMessage(ports, request);
     return report(command, result, values.json);
   } finally {
-    await callbackQueue.close().catch(() => undefined);
     await deps.close();
   }
 }

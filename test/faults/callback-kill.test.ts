@@ -5,9 +5,10 @@ import { Receiver } from '../support/callback-receiver.ts';
 import { cleanUpAfterAll, createHarness, deliveryViolations, waitFor, type Harness, type SendResult } from './harness.ts';
 
 // `kill -9` a worker process while it holds callbacks open: every receiver's first request hangs, the
-// worker dies with them in flight. Once the dead worker's locks expire (30 s), another worker delivers
-// each event, with the webhook-id of the first attempt (receivers drop duplicates by it); no event is
-// lost, and no SMS is sent again or held up: callbacks are not the send path.
+// worker dies with them in flight. Once the dead worker's leases end (the attempt timeout + 10 s),
+// another worker delivers each event, with the webhook-id of the first attempt (receivers drop
+// duplicates by it); no event is lost, and no SMS is sent again or held up: callbacks are not the
+// send path.
 
 const SECRET = `whsec_${randomBytes(32).toString('base64')}`;
 const MESSAGES = 6;
@@ -47,11 +48,11 @@ describe('a worker killed mid-callback: every event is delivered by another work
     expect(await doomed.kill9()).toBe('SIGKILL');
     for (let i = 0; i < MESSAGES; i++) receiver.setAlways(`/cb/${i}`, 'ok');
     await h.startWorker();
-    // Sends go on while the dead worker's callbacks wait for their locks to expire.
+    // Sends go on while the dead worker's callbacks wait for their leases to end.
     const later = await h.send({ enterprise: h.enterprises[0]! });
     expect(later.status).toBe(200);
 
-    // Lock expiry (30 s) + up to two stalled checks (30 s apart).
+    // Lease: CALLBACK_TIMEOUT_MS (60 s) + 10 s, then the next look (1 s).
     const ids = answers.map((a) => String(a.json.id));
     await waitFor('every message.sent event delivered', 110_000, async () => {
       const result = await sql<{ n: string }>`

@@ -1,6 +1,6 @@
 import { describe, expect, it } from 'vitest';
 import { addressAllowedForName, allowedTarget, callbackHostProblem, callbackUrlProblem, parseAllowedHosts } from '../../src/callbacks/callback-hosts.ts';
-import { backoffAfter } from '../../src/callbacks/deliver-callback.ts';
+import { backoffAfter } from '../../src/callbacks/callback-dispatcher.ts';
 import { parseApiTokens } from '../../src/api/auth.ts';
 
 const HASH = 'a'.repeat(64);
