@@ -1,6 +1,6 @@
 import type { LookupAddress } from 'node:dns';
 import { randomBytes } from 'node:crypto';
-import { createServer, type Server } from 'node:http';
+import { createServer, type IncomingMessage, type Server, type ServerResponse } from 'node:http';
 import type { AddressInfo } from 'node:net';
 import { networkInterfaces } from 'node:os';
 import { Webhook } from 'standardwebhooks';
@@ -147,10 +147,134 @@ describe('a callback delivery attempt', () => {
     const unresolvable = createCallbackSender({ allowedHosts: parseAllowedHosts('nowhere.test'), signingSecret: SECRET, timeoutMs: 1_000, resolve });
     try {
       const result = await unresolvable.deliver(event('http://nowhere.test/x'));
-      expect(result).toMatchObject({ ok: false, httpStatus: null });
       expect(!result.ok && result.reason).toMatch(/ENOTFOUND/);
     } finally {
       unresolvable.close();
+    }
+  });
+});
+
+describe('a callback delivery attempt, against receivers that misbehave', () => {
+  const servers: Server[] = [];
+
+  /** A receiver on loopback, listed by its address; counts the connections and requests it gets. */
+  async function receiver(handle: (req: IncomingMessage, res: ServerResponse) => void, address = '127.0.0.1', port = 0) {
+    const seen = { connections: 0, requests: [] as string[] };
+    const server = createServer((req, res) => {
+      seen.requests.push(req.url ?? '');
+      handle(req, res);
+    });
+    server.on('connection', () => (seen.connections += 1));
+    servers.push(server);
+    await new Promise<void>((resolve) => server.listen(port, address, resolve));
+    return { seen, port: (server.address() as AddressInfo).port };
+  }
+
+  const senderFor = (hosts: string, timeoutMs = 2_000, resolve?: (hostname: string) => Promise<LookupAddress[]>) =>
+    createCallbackSender({ allowedHosts: parseAllowedHosts(hosts), signingSecret: SECRET, timeoutMs, ...(resolve ? { resolve } : {}) });
+
+  afterAll(async () => {
+    for (const server of servers) {
+      server.closeAllConnections();
+      await new Promise<void>((done) => server.close(() => done()));
+    }
+  });
+
+  it('connects to the vetted address even where the system resolver would send the name elsewhere', async () => {
+    const reachable = reachableAddress();
+    const crm = await receiver((_req, res) => res.writeHead(204).end(), reachable.address);
+    // What the system resolves localhost to, listening on the same port: where a second lookup would go.
+    const decoy = await receiver((_req, res) => res.writeHead(204).end(), '127.0.0.1', crm.port);
+    const sender = senderFor('localhost', 2_000, () => Promise.resolve([reachable]));
+    try {
+      expect(await sender.deliver(event(`http://localhost:${crm.port}/events`))).toEqual({ ok: true, httpStatus: 204 });
+      expect(crm.seen.requests).toEqual(['/events']);
+      expect(decoy.seen.connections).toBe(0);
+    } finally {
+      sender.close();
+    }
+  });
+
+  it('does not follow a redirect: a 3xx is the failed attempt', async () => {
+    const elsewhere = await receiver((_req, res) => res.writeHead(204).end());
+    const redirecting = await receiver((_req, res) => res.writeHead(302, { location: `http://127.0.0.1:${elsewhere.port}/taken` }).end());
+    const sender = senderFor(`127.0.0.1`);
+    try {
+      expect(await sender.deliver(event(`http://127.0.0.1:${redirecting.port}/events`))).toEqual({
+        ok: false,
+        httpStatus: 302,
+        reason: 'HTTP 302 (redirects are not followed)',
+      });
+      expect(redirecting.seen.requests).toEqual(['/events']);
+      expect(elsewhere.seen.connections).toBe(0);
+    } finally {
+      sender.close();
+    }
+  });
+
+  it.each([
+    ['response', (_req: IncomingMessage, _res: ServerResponse) => undefined],
+    ['read', (_req: IncomingMessage, res: ServerResponse) => void res.writeHead(200, { 'content-length': '100' }).write('part of it')],
+  ])('gives up on a receiver that hangs in the %s phase after the timeout, naming no path or query', async (phase, handle) => {
+    const hanging = await receiver(handle);
+    const sender = senderFor('127.0.0.1', 300);
+    try {
+      const started = Date.now();
+      const result = await sender.deliver(event(`http://127.0.0.1:${hanging.port}/hook/secret-path?token=secret-token`));
+      const took = Date.now() - started;
+      expect(result).toEqual({ ok: false, httpStatus: null, reason: `no answer within 300 ms (${phase} phase)` });
+      expect(took).toBeGreaterThanOrEqual(290);
+      expect(took).toBeLessThan(1_500);
+    } finally {
+      sender.close();
+    }
+  });
+
+  it('bounds the lookup by the same timeout', async () => {
+    const sender = senderFor('slow-dns.test', 200, () => new Promise<LookupAddress[]>(() => undefined));
+    try {
+      expect(await sender.deliver(event('http://slow-dns.test/x'))).toEqual({ ok: false, httpStatus: null, reason: 'no answer within 200 ms (lookup phase)' });
+    } finally {
+      sender.close();
+    }
+  });
+
+  it('names the code of a connection that fails, never the path or query', async () => {
+    // A port something listened on a moment ago, and nothing does now.
+    const gone = createServer();
+    await new Promise<void>((resolve) => gone.listen(0, '127.0.0.1', resolve));
+    const { port } = gone.address() as AddressInfo;
+    await new Promise<void>((done) => gone.close(() => done()));
+    const sender = senderFor('127.0.0.1');
+    try {
+      const result = await sender.deliver(event(`http://127.0.0.1:${port}/hook/secret-path?token=secret-token`));
+      expect(result).toEqual({ ok: false, httpStatus: null, reason: 'connection failed (ECONNREFUSED)' });
+    } finally {
+      sender.close();
+    }
+  });
+
+  it('refuses an answer whose headers exceed 16 KiB', async () => {
+    const big = await receiver((req, res) => res.writeHead(200, { 'x-filler': 'x'.repeat(Number(new URL(req.url ?? '/', 'http://x').searchParams.get('n'))) }).end());
+    const sender = senderFor('127.0.0.1');
+    try {
+      expect(await sender.deliver(event(`http://127.0.0.1:${big.port}/?n=12000`))).toEqual({ ok: true, httpStatus: 200 });
+      const result = await sender.deliver(event(`http://127.0.0.1:${big.port}/?n=20000`));
+      expect(result).toEqual({ ok: false, httpStatus: null, reason: 'connection failed (UND_ERR_HEADERS_OVERFLOW)' });
+    } finally {
+      sender.close();
+    }
+  });
+
+  it('reads and drops an answer’s body, and keeps the connection for the next attempt', async () => {
+    const chatty = await receiver((_req, res) => res.writeHead(200).end('x'.repeat(256 * 1024)));
+    const sender = senderFor('127.0.0.1');
+    try {
+      for (let i = 0; i < 3; i += 1) expect(await sender.deliver(event(`http://127.0.0.1:${chatty.port}/x`))).toEqual({ ok: true, httpStatus: 200 });
+      expect(chatty.seen.requests).toHaveLength(3);
+      expect(chatty.seen.connections).toBe(1);
+    } finally {
+      sender.close();
     }
   });
 });
