@@ -176,9 +176,9 @@ export async function startWorker(config: Config, logger: Logger): Promise<Runni
       connection: workerRedis,
       prefix: config.queuePrefix,
       concurrency: config.worker.concurrency,
-      onFinal: async (messageId, outcome) => {
+      onFinal: async (messageId, outcome, changed) => {
         const type = sendOutcomeEvent(outcome.status);
-        if (type) await emitMessageEvent(callbackEvents, messageId, type);
+        if (type) await emitMessageEvent(callbackEvents, messageId, type, changed);
       },
     },
   );

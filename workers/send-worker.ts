@@ -2,6 +2,7 @@ import { DelayedError, Worker, type ConnectionOptions, type Job } from 'bullmq';
 import { deliverMessage, type DeliveryDeps } from '../src/messages/deliver.ts';
 import type { DeliveryOutcome } from '../src/messages/message.ts';
 import type { Acceptance } from '../src/messages/repository.ts';
+import type { MessageSnapshot } from '../src/callbacks/callback-repository.ts';
 import { SEND_QUEUE, type SendJobData } from '../src/queue/jobs.ts';
 
 // The BullMQ side of delivery: maps each DeliveryStep onto what BullMQ does with the job next.
@@ -23,7 +24,7 @@ export interface SendWorkerOptions {
    * Called once a final outcome is recorded, before the job completes (src/callbacks: raises the
    * caller's event). Should it throw, the job runs again, finds the row final, and calls it again.
    */
-  onFinal?: (messageId: number, outcome: DeliveryOutcome) => Promise<void>;
+  onFinal?: (messageId: number, outcome: DeliveryOutcome, changed?: MessageSnapshot | null) => Promise<void>;
 }
 
 export function createSendWorker(deps: DeliveryDeps, options: SendWorkerOptions): Worker<SendJobState, DeliveryOutcome | null> {
@@ -40,7 +41,7 @@ export function createSendWorker(deps: DeliveryDeps, options: SendWorkerOptions)
     });
     switch (step.kind) {
       case 'finished':
-        if (step.outcome && options.onFinal) await options.onFinal(job.data.messageId, step.outcome);
+        if (step.outcome && options.onFinal) await options.onFinal(job.data.messageId, step.outcome, step.changed);
         return step.outcome;
       case 'wait':
         await job.moveToDelayed(Date.now() + step.delayMs, token);

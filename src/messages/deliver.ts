@@ -7,6 +7,7 @@ import type { LookupOutcome, SendOutcome, WebsmsClient, WebsmsCredentials } from
 import { findEnterprise, notFoundMessage } from '../enterprises/repository.ts';
 import { parseCustomDomain } from '../enterprises/credentials.ts';
 import { recordOutcome, type DeliveryOutcome } from './message.ts';
+import type { MessageSnapshot } from '../callbacks/callback-repository.ts';
 import {
   claimForSending,
   findMessage,
@@ -78,7 +79,8 @@ export interface DeliveryAttempt {
 }
 
 export type DeliveryStep =
-  | { kind: 'finished'; outcome: DeliveryOutcome | null }
+  /** `changed`: the message as recording the outcome left it, for its event (null: no callback_url; absent: read it) */
+  | { kind: 'finished'; outcome: DeliveryOutcome | null; changed?: MessageSnapshot | null }
   /** Come back after delayMs without using a retry attempt (rate limit, a call possibly in flight). */
   | { kind: 'wait'; delayMs: number; reason: string }
   /** Run again after the retry backoff, using an attempt. */
@@ -185,14 +187,19 @@ async function settle(
       };
       deps.logger.info({ ...log, outcome: 'success', websmsMessageId: outcome.messageId, parts: outcome.parts }, 'sms sent');
       deps.metrics?.sendOutcome(claimed.enterpriseNumber, 'success');
+      let recorded: { changed: MessageSnapshot | null } | undefined;
       try {
-        await recordAccepted(deps.db, claimed.id, acceptance);
+        recorded = await recordAccepted(deps.db, claimed.id, acceptance);
       } catch (error) {
         // Sent and paid for: the result must not be lost, nor the message resent.
         await attempt.stashAcceptance(acceptance);
         throw error;
       }
-      return { kind: 'finished', outcome: { status: 'success', websmsMessageId: outcome.messageId, price: outcome.price, parts: outcome.parts, amount: outcome.amount, error: null } };
+      return {
+        kind: 'finished',
+        outcome: { status: 'success', websmsMessageId: outcome.messageId, price: outcome.price, parts: outcome.parts, amount: outcome.amount, error: null },
+        ...(recorded ? { changed: recorded.changed } : {}),
+      };
     }
     case 'rejected': {
       const failure: Failure = {

@@ -2,6 +2,7 @@ import { randomBytes } from 'node:crypto';
 import { sql } from 'kysely';
 import type { Db, MessageStatus } from '../db/database.ts';
 import type { MessageRecord } from './message.ts';
+import { snapshotOf, type MessageSnapshot } from '../callbacks/callback-repository.ts';
 
 // All SQL on user_sms_send. Every state change is a conditional UPDATE on the current status, so
 // the state machine only moves forward whatever races between workers, the sweeper and operators.
@@ -244,9 +245,14 @@ export interface Acceptance {
   response: unknown;
 }
 
-/** sending → success. `sent_at`: when WebSMS accepted it, in the table's local-time convention. Its delivery status is pending. */
-export async function recordAccepted(db: Db, id: number, acceptance: Acceptance): Promise<boolean> {
-  const result = await db
+/**
+ * sending → success. `sent_at`: when WebSMS accepted it, in the table's local-time convention. Its
+ * delivery status is pending. Undefined when the row was not `sending`; otherwise the message as
+ * this statement left it, for its message.sent event (null: it has no callback_url, so no event and
+ * no second read).
+ */
+export async function recordAccepted(db: Db, id: number, acceptance: Acceptance): Promise<{ changed: MessageSnapshot | null } | undefined> {
+  const row = await db
     .updateTable('user_sms_send')
     .set({
       status: 'success',
@@ -266,8 +272,24 @@ export async function recordAccepted(db: Db, id: number, acceptance: Acceptance)
     })
     .where('id', '=', String(id))
     .where('status', '=', 'sending')
+    .returning([
+      'id',
+      'enterprise_number',
+      'status',
+      'delivery_status',
+      'message_id',
+      'custom_id',
+      'price',
+      'parts',
+      'amount',
+      'error_message',
+      sql<Date | null>`sent_at AT TIME ZONE current_setting('TimeZone')`.as('sent_at'),
+      'delivered_at',
+      'callback_url',
+      sql<number>`(attempts + jsonb_array_length(operator_actions))::int`.as('revision'),
+    ])
     .executeTakeFirst();
-  return result.numUpdatedRows > 0n;
+  return row && { changed: snapshotOf(row) };
 }
 
 export interface Failure {
