@@ -170,6 +170,7 @@ export async function startWorker(config: Config, logger: Logger): Promise<Runni
       logger,
       defaultSender: config.websms.defaultSender,
       websmsTimeoutMs: config.websms.timeoutMs,
+      firstDeliveryCheckAfterMs: config.deliveryPoll.scheduleMs[0],
       metrics: telemetry.metrics,
     },
     {

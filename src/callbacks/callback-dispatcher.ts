@@ -52,7 +52,9 @@ export interface CallbackDispatcher {
 
 const MAX_BACKOFF_MS = 3_600_000;
 /** Raises this close together share one claim: a few more ms before a callback, far fewer statements. */
-const WAKE_DELAY_MS = 25;
+const WAKE_DELAY_MS = 50;
+/** Attempts that end this close together are recorded in one statement. */
+const RECORD_DELAY_MS = 5;
 
 /** The wait after the `failures`-th failed attempt. */
 export function backoffAfter(failures: number, retryBackoffMs: number): number {
@@ -77,6 +79,7 @@ export function createCallbackDispatcher(deps: CallbackDispatcherDeps, options: 
   let claimAgain = false;
   const finished: Array<{ event: CallbackEvent; record: AttemptRecord }> = [];
   let recording: Promise<void> | undefined;
+  let recordTimer: NodeJS.Timeout | undefined;
   const attempts = new Set<Promise<void>>();
   let wakeTimer: NodeJS.Timeout | undefined;
   let tickTimer: NodeJS.Timeout | undefined;
@@ -114,7 +117,8 @@ export function createCallbackDispatcher(deps: CallbackDispatcherDeps, options: 
       .then((result) => {
         finished.push({ event, record: attemptRecord(event, result, options) });
         inFlight -= 1;
-        void record();
+        if (inFlight === 0) void record();
+        else recordTimer ??= setTimeout(() => void record(), RECORD_DELAY_MS);
       });
     attempts.add(attempt);
     void attempt.finally(() => attempts.delete(attempt));
@@ -122,14 +126,13 @@ export function createCallbackDispatcher(deps: CallbackDispatcherDeps, options: 
 
   /** Records every finished attempt in one statement per batch, then claims what that made due. */
   function record(): Promise<void> {
+    clearTimeout(recordTimer);
+    recordTimer = undefined;
     recording ??= (async () => {
       while (finished.length > 0) {
         const batch = finished.splice(0);
         try {
-          await recordAttempts(
-            deps.db,
-            batch.map((b) => b.record),
-          );
+          await recordAttempts(deps.db, batch.map((b) => b.record));
           for (const { event, record } of batch) report(event, record);
         } catch (error) {
           // Their leases bring them back: attempted again, with the same webhook-id.
@@ -138,6 +141,8 @@ export function createCallbackDispatcher(deps: CallbackDispatcherDeps, options: 
       }
     })().finally(() => {
       recording = undefined;
+      // Attempts that ended while this batch was being closed.
+      if (finished.length > 0) void record();
     });
     const done = recording;
     if (running) void done.then(() => schedule(0));

@@ -25,9 +25,10 @@ const SENT_INSTANT = sql`(u.sent_at AT TIME ZONE current_setting('TimeZone'))`;
 const ms = (value: number) => sql`make_interval(secs => ${value / 1000})`;
 
 /**
- * Claims up to `limit` messages whose next check is due. A message just sent (its first check not yet
- * scheduled) is rescheduled to sent_at + schedule[0] without being asked; the others are leased for
- * `leaseMs` and returned to be asked now.
+ * Claims up to `limit` messages whose next check is due. A message whose check is due before its
+ * schedule says (recorded as due at once: a send recorded without the schedule, such as one found by
+ * a look-up after an unknown outcome) is rescheduled to sent_at + schedule[checks] without being
+ * asked; the others are leased for `leaseMs` and returned to be asked now.
  */
 export async function claimDueChecks(db: Db, options: { limit: number; leaseMs: number; scheduleMs: readonly number[] }): Promise<DueCheck[]> {
   const schedule = sql`${`{${options.scheduleMs.join(',')}}`}::bigint[]`;

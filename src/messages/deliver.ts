@@ -39,6 +39,8 @@ export interface DeliveryDeps {
   defaultSender: string;
   /** WebSMS call budget; a row `sending` for longer than this plus a grace has no live call. */
   websmsTimeoutMs: number;
+  /** When an accepted message's delivery status is first asked (DELIVERY_POLL_SCHEDULE_MS's first delay); absent: the poller schedules it. */
+  firstDeliveryCheckAfterMs?: number | undefined;
   /** Monitoring counters (src/metrics); absent in tests that do not look at them. */
   metrics?: DeliveryMetrics | undefined;
 }
@@ -189,7 +191,7 @@ async function settle(
       deps.metrics?.sendOutcome(claimed.enterpriseNumber, 'success');
       let recorded: { changed: MessageSnapshot | null } | undefined;
       try {
-        recorded = await recordAccepted(deps.db, claimed.id, acceptance);
+        recorded = await recordAccepted(deps.db, claimed.id, acceptance, deps.firstDeliveryCheckAfterMs);
       } catch (error) {
         // Sent and paid for: the result must not be lost, nor the message resent.
         await attempt.stashAcceptance(acceptance);

@@ -247,11 +247,11 @@ export interface Acceptance {
 
 /**
  * sending → success. `sent_at`: when WebSMS accepted it, in the table's local-time convention. Its
- * delivery status is pending. Undefined when the row was not `sending`; otherwise the message as
+ * delivery status is pending, first asked about `firstCheckAfterMs` from now. Undefined when the row was not `sending`; otherwise the message as
  * this statement left it, for its message.sent event (null: it has no callback_url, so no event and
  * no second read).
  */
-export async function recordAccepted(db: Db, id: number, acceptance: Acceptance): Promise<{ changed: MessageSnapshot | null } | undefined> {
+export async function recordAccepted(db: Db, id: number, acceptance: Acceptance, firstCheckAfterMs?: number): Promise<{ changed: MessageSnapshot | null } | undefined> {
   const row = await db
     .updateTable('user_sms_send')
     .set({
@@ -265,10 +265,10 @@ export async function recordAccepted(db: Db, id: number, acceptance: Acceptance)
       error_code: null,
       sent_at: sql`LOCALTIMESTAMP`,
       updated_at: sql`now()`,
-      // From now on its delivery status is asked about (src/delivery/): due at once, so that the
-      // poller schedules its first check from its own settings.
+      // From now on its delivery status is asked about (src/delivery/): at its first check when the
+      // caller knows the schedule, else due at once, and the poller schedules it from its own settings.
       delivery_status: 'pending',
-      delivery_next_check_at: sql`now()`,
+      delivery_next_check_at: firstCheckAfterMs === undefined ? sql`now()` : sql`now() + make_interval(secs => ${firstCheckAfterMs / 1000})`,
     })
     .where('id', '=', String(id))
     .where('status', '=', 'sending')
