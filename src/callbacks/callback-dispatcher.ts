@@ -153,7 +153,8 @@ export function createCallbackDispatcher(deps: CallbackDispatcherDeps, options: 
     const log = { messageId: event.messageId, eventId: event.id, type: event.type, host: hostOf(event.url), attempt: event.attempts + 1 };
     if (record.outcome === 'delivered') {
       deps.metrics?.delivered(event.type);
-      deps.logger.info({ ...log, httpStatus: record.httpStatus }, 'callback delivered');
+      // The event's row records it (npm run jobs -- callbacks --state delivered), /metrics counts it.
+      deps.logger.debug({ ...log, httpStatus: record.httpStatus }, 'callback delivered');
       return;
     }
     deps.metrics?.failedAttempt(event.type);
