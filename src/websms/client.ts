@@ -1,6 +1,4 @@
-import http from 'node:http';
-import https from 'node:https';
-import got, { RequestError, TimeoutError, type Response } from 'got';
+import { Pool } from 'undici';
 import { describeWebsmsErrorCode } from './error-codes.ts';
 
 /**
@@ -8,9 +6,9 @@ import { describeWebsmsErrorCode } from './error-codes.ts';
  * send may be repeated depends on whether it can have reached WebSMS, so every failure is classified
  * instead and the caller decides.
  *
- * The API key travels in the query string or form body, so got's errors (which can carry the URL)
- * never leave this module: reasons are built from error codes and phases, and every text returned is
- * scrubbed of the key as well.
+ * The API key travels in the query string or form body, so transport errors (which can carry the
+ * request) never leave this module: reasons are built from error codes and phases, and every text
+ * returned is scrubbed of the key as well.
  */
 
 export interface WebsmsCredentials {
@@ -94,12 +92,27 @@ export interface WebsmsClient {
 // DNS, TCP and TLS set-up take milliseconds when WebSMS is healthy. Until they finish nothing has
 // been sent, so failing fast here costs nothing and the send stays safely retryable.
 const CONNECTION_SETUP_TIMEOUT_MS = 3_000;
-const CONNECTION_SETUP_PHASES = new Set(['lookup', 'connect', 'secureConnect']);
-// Errors raised only while a connection is being opened, before any byte of the request left us.
+// Errors raised only while a connection is being opened, before any byte of the request left us:
+// refused, DNS failures, and undici's connect timeout (DNS, TCP and TLS set-up together).
 // (EHOSTUNREACH and ENETUNREACH are not here: Linux can also report them on an established
-// connection whose request was already written, so they fall to "unknown".)
+// connection whose request was already written, so they fall to "unknown". Neither is the socket
+// error undici reports for a kept connection closed under a request: undici checks an idle
+// connection before reusing it and moves a request that was not written yet to a new connection on
+// its own, so a socket error that reaches us came with a request that may have been written.)
 const NEVER_CONNECTED_CODES = new Set(['ECONNREFUSED', 'ENOTFOUND', 'EAI_AGAIN']);
+// undici's timeout codes, named by the phase they bound. Only the connect phase comes before the
+// request is written; once it is out, WebSMS may be processing it.
+const TIMEOUT_PHASES = new Map([
+  ['UND_ERR_CONNECT_TIMEOUT', 'connect'],
+  ['UND_ERR_HEADERS_TIMEOUT', 'response'],
+  ['UND_ERR_BODY_TIMEOUT', 'read'],
+]);
 const IDLE_CONNECTION_TIMEOUT_MS = 4_000;
+// A server's own keep-alive announcement (`Keep-Alive: timeout=5`) shortens the idle time to this much
+// under it; a connection the server would keep for no longer than this is not reused.
+const SERVER_KEEP_ALIVE_MARGIN_MS = 1_000;
+// Sent with every call: a request without one is turned away by some proxies and firewalls.
+const USER_AGENT = 'user-sms-dispatcher/1';
 
 interface TransportFailure {
   /** True when the request certainly never reached WebSMS. */
@@ -108,14 +121,17 @@ interface TransportFailure {
   reason: string;
 }
 
+function errorCode(error: unknown): string {
+  const code = typeof error === 'object' && error !== null ? (error as { code?: unknown }).code : undefined;
+  return typeof code === 'string' && code !== '' ? code : 'unexpected error';
+}
+
 function describeTransportFailure(error: unknown): TransportFailure {
-  if (error instanceof TimeoutError) {
-    const notSent = CONNECTION_SETUP_PHASES.has(error.event);
-    return { notSent, timeout: true, reason: `timed out waiting for WebSMS (${error.event} phase)` };
-  }
-  const code = error instanceof RequestError ? error.code : 'unexpected error';
+  const code = errorCode(error);
+  const phase = TIMEOUT_PHASES.get(code);
+  if (phase !== undefined) return { notSent: phase === 'connect', timeout: true, reason: `timed out waiting for WebSMS (${phase} phase)` };
   if (NEVER_CONNECTED_CODES.has(code)) return { notSent: true, timeout: false, reason: `could not connect to WebSMS (${code})` };
-  // ECONNRESET, EPIPE, "socket hang up", a body cut short: the request may have been processed.
+  // ECONNRESET, EPIPE, a socket closed under the request, a body cut short: it may have been processed.
   return { notSent: false, timeout: false, reason: `connection to WebSMS failed (${code})` };
 }
 
@@ -173,11 +189,17 @@ function readProviderError(answer: Record<string, unknown>): { code: number; des
 // ("User not found", an auth error) must not license a resend.
 const NOT_FOUND_DESCRIPTION = /^(message |sms )?not found\.?$/i;
 
+/** A complete HTTP answer: its status and its whole body as text. */
+interface HttpAnswer {
+  statusCode: number;
+  body: string;
+}
+
 function isSuccess(statusCode: number): boolean {
   return statusCode >= 200 && statusCode < 300;
 }
 
-function classifySendAnswer(response: Response<string>, apiKey: string): SendOutcome {
+function classifySendAnswer(response: HttpAnswer, apiKey: string): SendOutcome {
   const { statusCode } = response;
   // A 429 means the request was turned away at the door.
   if (statusCode === 429) return { kind: 'not-sent', reason: 'HTTP 429: WebSMS refused the request (too many requests)' };
@@ -212,7 +234,7 @@ function classifySendAnswer(response: Response<string>, apiKey: string): SendOut
   };
 }
 
-function classifyLookupAnswer(response: Response<string>, apiKey: string): LookupOutcome {
+function classifyLookupAnswer(response: HttpAnswer, apiKey: string): LookupOutcome {
   if (!isSuccess(response.statusCode)) return { kind: 'failed', reason: `HTTP ${response.statusCode} from WebSMS` };
   const answer = parseAnswer(response.body, apiKey);
   if (answer === null) return { kind: 'failed', reason: 'WebSMS answered with something other than a JSON object with a boolean status' };
@@ -231,7 +253,7 @@ function classifyLookupAnswer(response: Response<string>, apiKey: string): Looku
   return { kind: 'found', statusCode, statusName, response: answer };
 }
 
-function readBalance(response: Response<string>, apiKey: string): Balance {
+function readBalance(response: HttpAnswer, apiKey: string): Balance {
   const { statusCode } = response;
   if (!isSuccess(statusCode)) throw new WebsmsError('bad_response', `HTTP ${statusCode} from WebSMS`, statusCode >= 500 || statusCode === 429);
   const answer = parseAnswer(response.body, apiKey);
@@ -248,41 +270,46 @@ function readBalance(response: Response<string>, apiKey: string): Balance {
 
 export function createWebsmsClient(options: WebsmsClientOptions): WebsmsClient {
   const baseUrl = options.baseUrl.replace(/\/+$/, '');
-  // A malformed base URL is a configuration bug: fail at start-up, not as a "network" outcome.
-  new URL(baseUrl);
+  // A malformed base URL is a configuration bug: fail at start-up, not as a "network" outcome. Calls
+  // go to the URL's origin and path; user info, a query or a fragment would be dropped silently.
+  const { origin, pathname, username, password, search, hash } = new URL(baseUrl);
+  if (username !== '' || password !== '' || search !== '' || hash !== '') {
+    throw new Error('The WebSMS base URL must not carry user info, a query or a fragment');
+  }
+  const basePath = pathname.replace(/\/+$/, '');
   const method = options.method ?? 'GET';
+  const headers: Record<string, string> =
+    method === 'GET' ? { 'user-agent': USER_AGENT } : { 'user-agent': USER_AGENT, 'content-type': 'application/x-www-form-urlencoded' };
   // Keep-alive saves a TCP and TLS handshake per call. Writing on a kept connection that the server
-  // has just closed fails with ECONNRESET, which must be classified "unknown" (a lookup before any
-  // resend), so idle connections are dropped before common server keep-alive limits (5 s in Apache
-  // and Node) run out. The agent's timeout only closes idle sockets; got times the active ones.
-  const agentOptions = { keepAlive: true, timeout: IDLE_CONNECTION_TIMEOUT_MS };
-  const agent = { http: new http.Agent(agentOptions), https: new https.Agent(agentOptions) };
-  const request = got.extend({
-    agent,
-    retry: { limit: 0 },
-    timeout: {
-      lookup: CONNECTION_SETUP_TIMEOUT_MS,
-      connect: CONNECTION_SETUP_TIMEOUT_MS,
-      secureConnect: CONNECTION_SETUP_TIMEOUT_MS,
-      send: options.timeoutMs,
-      response: options.timeoutMs,
-      read: options.timeoutMs,
-    },
-    throwHttpErrors: false,
-    // A redirect would carry the key to another URL and repeat the call: classify the 3xx instead.
-    followRedirect: false,
-  });
+  // has just closed can fail after the request left, which must be classified "unknown" (a lookup
+  // before any resend), so idle connections are dropped before common server keep-alive limits (5 s
+  // in Apache and Node) run out, and sooner when the server announces a shorter one. undici's
+  // redirects are off by default: a redirect would carry the key to another URL and repeat the call,
+  // so the 3xx is classified instead. Nothing is retried here. undici times headers and bodies with a
+  // coarse clock (about 1 s resolution): a timeout fires up to a second after timeoutMs.
+  const createPool = () =>
+    new Pool(origin, {
+      connectTimeout: CONNECTION_SETUP_TIMEOUT_MS,
+      headersTimeout: options.timeoutMs,
+      bodyTimeout: options.timeoutMs,
+      keepAliveTimeout: IDLE_CONNECTION_TIMEOUT_MS,
+      keepAliveMaxTimeout: IDLE_CONNECTION_TIMEOUT_MS,
+      keepAliveTimeoutThreshold: SERVER_KEEP_ALIVE_MARGIN_MS,
+    });
+  let pool = createPool();
 
-  function call(path: string, params: Record<string, string>): Promise<Response<string>> {
-    const url = `${baseUrl}/${path}`;
-    return method === 'GET'
-      ? request.get(url, { searchParams: params, responseType: 'text' })
-      : request.post(url, { form: params, responseType: 'text' });
+  async function call(path: string, params: Record<string, string>): Promise<HttpAnswer> {
+    const encoded = new URLSearchParams(params).toString();
+    const response =
+      method === 'GET'
+        ? await pool.request({ path: `${basePath}/${path}?${encoded}`, method, headers })
+        : await pool.request({ path: `${basePath}/${path}`, method, headers, body: encoded });
+    return { statusCode: response.statusCode, body: await response.body.text() };
   }
 
   /** statusCustom/sms or status/sms: a failure to ask is an outcome too, never an exception. */
   async function lookup(path: string, credentials: WebsmsCredentials, params: Record<string, string>): Promise<LookupOutcome> {
-    let response: Response<string>;
+    let response: HttpAnswer;
     try {
       response = await call(path, { user: credentials.user, apikey: credentials.apiKey, ...params });
     } catch (error) {
@@ -293,7 +320,7 @@ export function createWebsmsClient(options: WebsmsClientOptions): WebsmsClient {
 
   return {
     async send(credentials, sms) {
-      let response: Response<string>;
+      let response: HttpAnswer;
       try {
         response = await call('send/sms', {
           user: credentials.user,
@@ -318,7 +345,7 @@ export function createWebsmsClient(options: WebsmsClientOptions): WebsmsClient {
     },
 
     async balance(credentials) {
-      let response: Response<string>;
+      let response: HttpAnswer;
       try {
         response = await call('balances', { user: credentials.user, apikey: credentials.apiKey });
       } catch (error) {
@@ -330,8 +357,10 @@ export function createWebsmsClient(options: WebsmsClientOptions): WebsmsClient {
     },
 
     close() {
-      agent.http.destroy();
-      agent.https.destroy();
+      // Like destroying an agent: open connections go, and a later call opens a new one.
+      const closing = pool;
+      pool = createPool();
+      closing.destroy().catch(() => undefined);
     },
   };
 }

@@ -1,5 +1,6 @@
 import http from 'node:http';
-import type { AddressInfo } from 'node:net';
+import net, { type AddressInfo } from 'node:net';
+import { Worker } from 'node:worker_threads';
 import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest';
 import {
   createWebsmsClient,
@@ -163,6 +164,12 @@ describe('WebSMS client failures around the sandbox', () => {
     });
   });
 
+  it('refuses at creation a base URL whose user info, query or fragment a call would drop', () => {
+    for (const baseUrl of ['http://user:secret@127.0.0.1/api', 'http://127.0.0.1/api?x=1', 'http://127.0.0.1/api#x', 'not a url']) {
+      expect(() => createWebsmsClient({ baseUrl, timeoutMs: patientMs }), baseUrl).toThrow();
+    }
+  });
+
   it('tolerates a trailing slash on the base URL', async () => {
     expect(await send(clientFor(`${sandbox.url}/`))).toMatchObject({ kind: 'accepted' });
   });
@@ -323,5 +330,156 @@ describe('WebSMS client against provider quirks', () => {
     expect(await balanceError(clientFor(stubUrl))).toMatchObject({ code: 'bad_response' });
     answerWith(500, 'oops');
     expect(await balanceError(clientFor(stubUrl))).toMatchObject({ code: 'bad_response', retryable: true });
+  });
+});
+
+// What the client does on the wire below HTTP: connections that never open, requests that get no
+// answer, connections kept, dropped or closed.
+describe('WebSMS client transport', () => {
+  const servers: net.Server[] = [];
+  const sockets = new Set<net.Socket>();
+
+  afterAll(async () => {
+    for (const socket of sockets) socket.destroy();
+    await Promise.all(servers.map((server) => new Promise((resolve) => server.close(resolve))));
+  });
+
+  /** A TCP server on 127.0.0.1 that hands every accepted connection to `onSocket`. */
+  async function tcpServer(onSocket: (socket: net.Socket) => void): Promise<{ server: net.Server; url: string }> {
+    const server = net.createServer((socket) => {
+      sockets.add(socket);
+      socket.on('error', () => undefined);
+      onSocket(socket);
+    });
+    servers.push(server);
+    await new Promise<void>((resolve) => server.listen(0, '127.0.0.1', resolve));
+    return { server, url: `http://127.0.0.1:${(server.address() as AddressInfo).port}/api` };
+  }
+
+  const once = <T>(emitter: NodeJS.EventEmitter, event: string) => new Promise<T>((resolve) => emitter.once(event, resolve));
+
+  it.each(['GET', 'POST'] as const)('classifies a request that got no answer as unknown, in the response phase (%s)', async (method) => {
+    let received = '';
+    const { url } = await tcpServer((socket) => socket.on('data', (chunk: Buffer) => (received += chunk.toString())));
+    const client = clientFor(url, { method, timeoutMs: impatientMs });
+    expect(await send(client)).toEqual({ kind: 'unknown', reason: 'timed out waiting for WebSMS (response phase)' });
+    // It was out: the server had the whole request.
+    expect(received).toContain(`${method} /api/send/sms`);
+    expect(await lookup(client, 'x')).toMatchObject({ kind: 'failed', reason: containing('response phase') });
+    expect(await balanceError(client)).toMatchObject({ code: 'timeout', retryable: true });
+  });
+
+  it('classifies an answer whose body stops coming as unknown, in the read phase', async () => {
+    const { url } = await tcpServer((socket) =>
+      socket.once('data', () => socket.write('HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: 100\r\n\r\n{"status":true,')),
+    );
+    expect(await send(clientFor(url, { timeoutMs: impatientMs }))).toEqual({ kind: 'unknown', reason: 'timed out waiting for WebSMS (read phase)' });
+  });
+
+  it('classifies a connection closed once the request was written as unknown, naming the code', async () => {
+    const { url } = await tcpServer((socket) => socket.once('data', () => socket.resetAndDestroy()));
+    expect(await send(clientFor(url))).toMatchObject({ kind: 'unknown', reason: expect.stringMatching(/^connection to WebSMS failed \([A-Z_]+\)$/) as unknown });
+    const { url: endsUrl } = await tcpServer((socket) => socket.once('data', () => socket.end()));
+    expect(await send(clientFor(endsUrl))).toMatchObject({ kind: 'unknown', reason: expect.stringMatching(/^connection to WebSMS failed \([A-Z_]+\)$/) as unknown });
+  });
+
+  it('classifies a refused connection as not-sent with the code, and a name that does not resolve as not-sent', async () => {
+    const { server, url } = await tcpServer(() => undefined);
+    await new Promise((resolve) => server.close(resolve));
+    expect(await send(clientFor(url, { method: 'POST' }))).toEqual({ kind: 'not-sent', reason: 'could not connect to WebSMS (ECONNREFUSED)' });
+    expect(await send(clientFor('http://websms.invalid/api'))).toMatchObject({ kind: 'not-sent', reason: expect.stringMatching(/^(could not connect to WebSMS \((ENOTFOUND|EAI_AGAIN)\)|timed out waiting for WebSMS \(connect phase\))$/) as unknown });
+  });
+
+  it('gives up on a connection that does not open within the set-up bound, as not-sent', async () => {
+    // A listener that never accepts: once its accept queue (backlog 1) is full, the kernel drops
+    // further SYNs, so a new connection neither opens nor fails.
+    const release = new Int32Array(new SharedArrayBuffer(4));
+    const worker = new Worker(
+      `const net = require('node:net');
+       const { parentPort, workerData } = require('node:worker_threads');
+       const server = net.createServer();
+       server.listen({ port: 0, host: '127.0.0.1', backlog: 1 }, () => {
+         parentPort.postMessage(server.address().port);
+         Atomics.wait(workerData, 0, 0);
+         server.close();
+       });`,
+      { eval: true, workerData: release },
+    );
+    try {
+      const port = await once<number>(worker, 'message');
+      for (let queued = 0; queued < 2; queued++) {
+        const filler = net.connect(port, '127.0.0.1');
+        sockets.add(filler);
+        filler.on('error', () => undefined);
+        await once(filler, 'connect');
+      }
+      const started = Date.now();
+      expect(await send(clientFor(`http://127.0.0.1:${port}/api`))).toEqual({ kind: 'not-sent', reason: 'timed out waiting for WebSMS (connect phase)' });
+      expect(Date.now() - started).toBeLessThan(patientMs);
+    } finally {
+      Atomics.store(release, 0, 1);
+      Atomics.notify(release, 0);
+      await worker.terminate();
+    }
+  });
+
+  it('reuses its connections across calls, and drops each after about 4 s idle', async () => {
+    const answer = '{"status":true,"message_id":5}';
+    const lastAnswered = new Map<net.Socket, number>();
+    const server = http.createServer((request, response) => {
+      request.resume();
+      request.on('end', () => response.end(answer));
+      response.on('finish', () => lastAnswered.set(request.socket, Date.now()));
+    });
+    // The server would keep them a minute: closing them is the client's doing.
+    server.keepAliveTimeout = 60_000;
+    const idleFor: Promise<number>[] = [];
+    server.on('connection', (socket: net.Socket) => {
+      sockets.add(socket);
+      idleFor.push(once(socket, 'close').then(() => Date.now() - (lastAnswered.get(socket) ?? 0)));
+    });
+    servers.push(server);
+    await new Promise<void>((resolve) => server.listen(0, '127.0.0.1', resolve));
+    const client = clientFor(`http://127.0.0.1:${(server.address() as AddressInfo).port}/api`, { method: 'POST' });
+    const calls = 6;
+    for (let i = 0; i < calls; i++) expect(await send(client)).toMatchObject({ kind: 'accepted', messageId: 5 });
+    // Calls one after another share a connection or two; without keep-alive each would open its own.
+    expect(idleFor.length).toBeLessThanOrEqual(2);
+    for (const idle of await Promise.all(idleFor)) {
+      expect(idle).toBeGreaterThan(3_500);
+      expect(idle).toBeLessThan(5_000);
+    }
+  });
+
+  it('sends on a new connection, once, when the kept one was closed by the server while idle', async () => {
+    let requests = 0;
+    const server = http.createServer((request, response) => {
+      requests++;
+      request.resume();
+      request.on('end', () => response.end('{"status":true,"message_id":6}'));
+    });
+    const opened: net.Socket[] = [];
+    server.on('connection', (socket: net.Socket) => {
+      sockets.add(socket);
+      opened.push(socket);
+    });
+    servers.push(server);
+    await new Promise<void>((resolve) => server.listen(0, '127.0.0.1', resolve));
+    const client = clientFor(`http://127.0.0.1:${(server.address() as AddressInfo).port}/api`);
+    expect(await send(client)).toMatchObject({ kind: 'accepted' });
+    // The server ends the idle connection; it is closed once the client has answered the FIN with its own.
+    const [kept] = opened as [net.Socket];
+    kept.end();
+    await once(kept, 'close');
+    expect(await send(client)).toMatchObject({ kind: 'accepted' });
+    expect(requests).toBe(2);
+    expect(opened).toHaveLength(2);
+  });
+
+  it('keeps working after close(), on new connections', async () => {
+    const client = clientFor(sandbox.url);
+    expect(await send(client)).toMatchObject({ kind: 'accepted' });
+    client.close();
+    expect(await send(client)).toMatchObject({ kind: 'accepted' });
   });
 });
