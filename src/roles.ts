@@ -161,7 +161,7 @@ export async function startWorker(config: Config, logger: Logger): Promise<Runni
     prefix: config.queuePrefix,
     sweeper: { intervalMs: config.sweeper.intervalMs, graceMs: config.sweeper.pendingAfterMs },
   });
-  const callbackEvents = callbackEmitPorts(deps.db, logger, callbackDelivery?.wake);
+  const callbackEvents = callbackEmitPorts(deps.db, logger, callbackDelivery?.dispatch);
   const worker = createSendWorker(
     {
       db: deps.db,

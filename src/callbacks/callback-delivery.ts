@@ -1,7 +1,7 @@
 import type { Db } from '../db/database.ts';
 import { createRedis, type RedisTarget } from '../redis-connection.ts';
 import type { Logger } from '../logger.ts';
-import { createCallbackDispatcher } from './callback-dispatcher.ts';
+import { createCallbackDispatcher, type LocalDispatch } from './callback-dispatcher.ts';
 import { createCallbackMetrics } from './callback-metrics.ts';
 import { createCallbackSender } from './callback-sender.ts';
 import type { CallbackSettings } from './callback-settings.ts';
@@ -27,14 +27,14 @@ export interface CallbackDeliveryOptions {
 }
 
 export interface RunningCallbackDelivery {
-  /** An event was raised in this process: attempt it without waiting for the next look. */
-  wake: () => void;
+  /** This process's dispatcher, for the events raised here. */
+  dispatch: LocalDispatch;
   stop(): Promise<void>;
 }
 
-/** What emitMessageEvent needs; `wake` tells this process's dispatcher, when it has one. */
-export function callbackEmitPorts(db: Db, logger: Logger, wake?: () => void): CallbackEmitPorts {
-  return wake ? { db, logger, wake } : { db, logger };
+/** What emitMessageEvent needs; `dispatch`: this process's dispatcher, when it has one. */
+export function callbackEmitPorts(db: Db, logger: Logger, dispatch?: LocalDispatch): CallbackEmitPorts {
+  return dispatch ? { db, logger, dispatch } : { db, logger };
 }
 
 /** Starts delivering callbacks in this process; undefined when callbacks are off (no allowed host). */
@@ -58,13 +58,13 @@ export function startCallbackDelivery(options: CallbackDeliveryOptions): Running
   );
   dispatcher.start();
   const sweeper = createCallbackSweeper(
-    { db, logger, raiseOwed: (owed) => raiseOwedEvent(callbackEmitPorts(db, logger, dispatcher.wake), owed) },
+    { db, logger, raiseOwed: (owed) => raiseOwedEvent(callbackEmitPorts(db, logger, dispatcher), owed) },
     { intervalMs: options.sweeper.intervalMs, graceMs: options.sweeper.graceMs },
   );
   sweeper.start();
   logger.info({ concurrency: settings.concurrency, allowedHosts: settings.allowedHosts.length }, 'callback delivery started');
   return {
-    wake: dispatcher.wake,
+    dispatch: dispatcher,
     async stop() {
       await sweeper.stop();
       await dispatcher.stop();

@@ -41,9 +41,25 @@ export interface CallbackDispatcherOptions {
   retryForS: number;
 }
 
-export interface CallbackDispatcher {
-  /** An event was raised in this process: look for due events shortly (raises close together share one look). */
+/**
+ * What a raiser in the same process uses to attempt its own events at once: it reserves room, raises
+ * the events leased to itself when they are their message's head (callback-repository.ts insertEvent),
+ * and hands those over. Saves each such event a claim: one statement and one write of its row.
+ */
+export interface LocalDispatch {
+  /** the lease a raised event is leased to this process for */
+  leaseMs: number;
+  /** Room for up to `count` attempts now; returns how many were reserved. */
+  reserve: (count: number) => number;
+  /** Gives back reserved room that was not used. */
+  release: (count: number) => void;
+  /** Attempts an event raised leased to this process, in room reserved for it. */
+  adopt: (event: CallbackEvent) => void;
+  /** An event was raised and left due: look for due events shortly (raises close together share one look). */
   wake: () => void;
+}
+
+export interface CallbackDispatcher extends LocalDispatch {
   /** Claims what is due and fits, attempts it, records it; resolves with how many were attempted. */
   runOnce(): Promise<number>;
   start(): void;
@@ -109,8 +125,9 @@ export function createCallbackDispatcher(deps: CallbackDispatcherDeps, options: 
     return claiming;
   }
 
-  function startAttempt(event: CallbackEvent): void {
-    inFlight += 1;
+  /** `reserved`: its room was taken by reserve() already. */
+  function startAttempt(event: CallbackEvent, reserved = false): void {
+    if (!reserved) inFlight += 1;
     const attempt = deps
       .deliver({ webhookId: event.webhookId, url: event.url, body: event.body })
       .catch((error: unknown): AttemptResult => ({ ok: false, httpStatus: null, reason: `failed (${error instanceof Error ? error.name : 'error'})` }))
@@ -193,6 +210,16 @@ export function createCallbackDispatcher(deps: CallbackDispatcherDeps, options: 
   }
 
   return {
+    leaseMs: options.leaseMs,
+    reserve(count) {
+      const room = running ? Math.max(0, Math.min(count, options.concurrency - inFlight)) : 0;
+      inFlight += room;
+      return room;
+    },
+    release(count) {
+      inFlight -= count;
+    },
+    adopt: (event) => startAttempt(event, true),
     wake: () => schedule(WAKE_DELAY_MS),
     runOnce,
     start() {

@@ -107,50 +107,74 @@ export interface NewCallbackEvent {
   createdAt: Date;
 }
 
+/** A raiser that delivers events itself asks for the ones it may attempt at once to be leased to it. */
+export interface RaiseOptions {
+  /** Lease the new event to the raiser for this long if it is its message's head (no earlier event pending). */
+  claimForMs?: number | undefined;
+}
+
 /**
- * The new event's id; undefined when this change of this message was already raised. Either way the
- * change is no longer owed: the same statement settles its callback_owed marker. Whether the event
- * goes out now or after an earlier one of its message is decided when events are claimed
- * (claimDueHeads), not here.
+ * The new event's id, and whether it was leased to the raiser (RaiseOptions); undefined when this change
+ * of this message was already raised. Either way the change is no longer owed: the same statement
+ * settles its callback_owed marker. An event not leased is due at once and claimed by a dispatcher
+ * (claimDueHeads) when it is its message's head.
+ *
+ * The head look locks the message's pending events (FOR UPDATE): an attempt being recorded (delivered
+ * or given up) is waited for, and then seen as it is now, so an event raised right after its
+ * predecessor finished is its head, and one raised while the predecessor is pending is not leased.
  */
-export async function insertEvent(db: Db, event: NewCallbackEvent): Promise<{ id: number } | undefined> {
-  const result = await sql<{ id: string }>`
-    WITH settled AS (
+export async function insertEvent(db: Db, event: NewCallbackEvent, options: RaiseOptions = {}): Promise<{ id: number; claimed: boolean } | undefined> {
+  const claimS = options.claimForMs === undefined ? null : options.claimForMs / 1000;
+  const result = await sql<{ id: string; claimed: boolean }>`
+    WITH earlier AS (
+      SELECT id FROM callback_events WHERE message_id = ${String(event.messageId)} AND status = 'pending' FOR UPDATE
+    ), settled AS (
       DELETE FROM callback_owed WHERE message_id = ${String(event.messageId)} AND type = ${event.type} AND revision = ${event.revision}
     )
     INSERT INTO callback_events (message_id, type, revision, webhook_id, url, body, created_at, window_start_at, next_attempt_at)
-    VALUES (${String(event.messageId)}, ${event.type}, ${event.revision}, ${event.webhookId}, ${event.url}, ${event.body},
-            ${event.createdAt}, ${event.createdAt}, ${event.createdAt})
+    SELECT ${String(event.messageId)}, ${event.type}, ${event.revision}, ${event.webhookId}, ${event.url}, ${event.body},
+           ${event.createdAt}, ${event.createdAt},
+           CASE WHEN ${claimS}::float8 IS NOT NULL AND NOT EXISTS (SELECT 1 FROM earlier)
+                THEN now() + make_interval(secs => ${claimS}::float8) ELSE ${event.createdAt}::timestamptz END
     ON CONFLICT (message_id, type, revision) DO NOTHING
-    RETURNING id`.execute(db);
+    RETURNING id, next_attempt_at > created_at AS claimed`.execute(db);
   const row = result.rows[0];
-  return row ? { id: Number(row.id) } : undefined;
+  return row ? { id: Number(row.id), claimed: row.claimed } : undefined;
 }
 
 /**
  * insertEvent for several messages in one statement, at most one event per message (a delivery poll
- * round's final statuses). Changes already raised are left out.
+ * round's final statuses); `claims` of them (the first ones) may be leased to the raiser. Changes
+ * already raised are left out.
  */
-export async function insertEvents(db: Db, events: readonly NewCallbackEvent[]): Promise<Array<{ id: number; messageId: number }>> {
+export async function insertEvents(db: Db, events: readonly NewCallbackEvent[], options: RaiseOptions & { claims?: number } = {}): Promise<Array<{ id: number; messageId: number; claimed: boolean }>> {
   if (events.length === 0) return [];
   if (new Set(events.map((e) => e.messageId)).size !== events.length) throw new Error('insertEvents takes at most one event per message');
-  // In message order: two statements over the same messages never wait on each other crosswise.
+  const claimS = options.claimForMs === undefined ? null : options.claimForMs / 1000;
+  const claimable = new Set(events.slice(0, options.claimForMs === undefined ? 0 : (options.claims ?? events.length)).map((e) => e.messageId));
+  // Locks in message order: two statements over the same messages never wait on each other crosswise.
   const sorted = [...events].sort((a, b) => a.messageId - b.messageId);
   const column = <T>(pick: (e: NewCallbackEvent) => T) => sorted.map(pick);
-  const result = await sql<{ id: string; message_id: string }>`
+  const result = await sql<{ id: string; message_id: string; claimed: boolean }>`
     WITH input AS (
       SELECT * FROM unnest(${column((e) => String(e.messageId))}::bigint[], ${column((e) => e.type)}::text[], ${column((e) => e.revision)}::int[],
                            ${column((e) => e.webhookId)}::text[], ${column((e) => e.url)}::text[], ${column((e) => e.body)}::text[],
-                           ${column((e) => e.createdAt.toISOString())}::timestamptz[])
-        WITH ORDINALITY AS i (message_id, type, revision, webhook_id, url, body, created_at, position)
+                           ${column((e) => e.createdAt.toISOString())}::timestamptz[], ${column((e) => claimable.has(e.messageId))}::boolean[])
+        WITH ORDINALITY AS i (message_id, type, revision, webhook_id, url, body, created_at, claim, position)
+    ), earlier AS (
+      SELECT e.message_id FROM callback_events e JOIN input i ON e.message_id = i.message_id
+      WHERE e.status = 'pending' ORDER BY e.message_id, e.id FOR UPDATE OF e
     ), settled AS (
       DELETE FROM callback_owed o USING input i WHERE o.message_id = i.message_id AND o.type = i.type AND o.revision = i.revision
     )
     INSERT INTO callback_events (message_id, type, revision, webhook_id, url, body, created_at, window_start_at, next_attempt_at)
-    SELECT message_id, type, revision, webhook_id, url, body, created_at, created_at, created_at FROM input ORDER BY position
+    SELECT message_id, type, revision, webhook_id, url, body, created_at, created_at,
+           CASE WHEN claim AND NOT EXISTS (SELECT 1 FROM earlier WHERE earlier.message_id = input.message_id)
+                THEN now() + make_interval(secs => ${claimS}::float8) ELSE created_at END
+    FROM input ORDER BY position
     ON CONFLICT (message_id, type, revision) DO NOTHING
-    RETURNING id, message_id`.execute(db);
-  return result.rows.map((row) => ({ id: Number(row.id), messageId: Number(row.message_id) })).sort((a, b) => a.id - b.id);
+    RETURNING id, message_id, next_attempt_at > created_at AS claimed`.execute(db);
+  return result.rows.map((row) => ({ id: Number(row.id), messageId: Number(row.message_id), claimed: row.claimed })).sort((a, b) => a.id - b.id);
 }
 
 /** Whether no earlier event of the message is still pending (an operator's retry says when it goes out). */

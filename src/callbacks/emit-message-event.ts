@@ -2,11 +2,13 @@ import { randomUUID } from 'node:crypto';
 import type { Db } from '../db/database.ts';
 import type { Logger } from '../logger.ts';
 import type { MessageStatus } from '../db/database.ts';
-import { findMessageSnapshot, forgetOwed, insertEvent, insertEvents, type MessageSnapshot, type NewCallbackEvent, type OwedEvent } from './callback-repository.ts';
+import { findMessageSnapshot, forgetOwed, insertEvent, insertEvents, type CallbackEvent, type MessageSnapshot, type NewCallbackEvent, type OwedEvent } from './callback-repository.ts';
+import type { LocalDispatch } from './callback-dispatcher.ts';
 
 // Raising an event for a message whose caller gave a callback_url: a row in PostgreSQL, due at once,
 // which is all its delivery needs (the dispatchers claim due rows, a message's events in order:
-// callback-dispatcher.ts). A dispatcher in the same process is woken to attempt it without waiting.
+// callback-dispatcher.ts). A worker that raises an event its own dispatcher has room for, and that is
+// its message's head, raises it leased to itself and attempts it at once, with no claim.
 // Messages without a callback_url cost one indexed read and raise nothing (none at all when the change
 // that raises the event returned the message as it left it).
 
@@ -16,8 +18,8 @@ export type MessageEventType = (typeof MESSAGE_EVENT_TYPES)[number];
 export interface CallbackEmitPorts {
   db: Db;
   logger: Logger;
-  /** This process's dispatcher, told that an event is due (absent: another process's finds it). */
-  wake?: () => void;
+  /** This process's dispatcher: attempts the events raised here at once (absent: a worker's claims them). */
+  dispatch?: LocalDispatch;
 }
 
 export type EmitResult =
@@ -78,12 +80,14 @@ export async function emitMessageEvent(ports: CallbackEmitPorts, messageId: numb
   const message = changed === undefined ? await findMessageSnapshot(ports.db, messageId) : changed;
   if (!message) return { kind: 'no-callback' };
   const at = new Date();
-  const inserted = await insertEvent(ports.db, newEvent(type, message, at));
+  const event = newEvent(type, message, at);
+  const [inserted] = await raise(ports, [event], async (claimForMs) => {
+    const row = await insertEvent(ports.db, event, { claimForMs });
+    return row ? [{ ...row, messageId: event.messageId }] : [];
+  });
   if (inserted === undefined) return { kind: 'already-raised' };
-  const eventId = inserted.id;
-  ports.wake?.();
-  ports.logger.debug({ messageId, eventId, type }, 'callback event raised');
-  return { kind: 'recorded', eventId };
+  ports.logger.debug({ messageId, eventId: inserted.id, type }, 'callback event raised');
+  return { kind: 'recorded', eventId: inserted.id };
 }
 
 /** The row an event is recorded as: its body fixed now, a webhook-id of its own for every attempt. */
@@ -108,13 +112,63 @@ function newEvent(type: MessageEventType, message: MessageSnapshot, at: Date): N
 export async function emitMessageEvents(ports: CallbackEmitPorts, changes: ReadonlyArray<{ type: MessageEventType; message: MessageSnapshot }>): Promise<number> {
   if (changes.length === 0) return 0;
   const at = new Date();
-  const inserted = await insertEvents(
-    ports.db,
-    changes.map(({ type, message }) => newEvent(type, message, at)),
-  );
-  if (inserted.length > 0) ports.wake?.();
+  const events = changes.map(({ type, message }) => newEvent(type, message, at));
+  const inserted = await raise(ports, events, (claimForMs, claims) => insertEvents(ports.db, events, { claimForMs, claims }));
   ports.logger.debug({ recorded: inserted.length }, 'callback events raised');
   return inserted.length;
+}
+
+/**
+ * Inserts events (`insert`), leased to this process's dispatcher for as many as it has room for; those
+ * leased are handed to it, the others are left due (and the dispatcher woken to look for them).
+ */
+async function raise(
+  ports: CallbackEmitPorts,
+  events: readonly NewCallbackEvent[],
+  insert: (claimForMs: number | undefined, claims: number) => Promise<Array<{ id: number; messageId: number; claimed: boolean }>>,
+): Promise<Array<{ id: number; messageId: number; claimed: boolean }>> {
+  const dispatch = ports.dispatch;
+  const reserved = dispatch?.reserve(events.length) ?? 0;
+  let inserted: Array<{ id: number; messageId: number; claimed: boolean }>;
+  try {
+    inserted = await insert(reserved > 0 ? dispatch?.leaseMs : undefined, reserved);
+  } catch (error) {
+    dispatch?.release(reserved);
+    throw error;
+  }
+  if (!dispatch) return inserted;
+  const byMessage = new Map(events.map((e) => [e.messageId, e]));
+  let adopted = 0;
+  for (const row of inserted) {
+    const event = byMessage.get(row.messageId);
+    if (!row.claimed || !event) continue;
+    dispatch.adopt(claimedEvent(row.id, event));
+    adopted += 1;
+  }
+  dispatch.release(reserved - adopted);
+  if (inserted.length > adopted) dispatch.wake();
+  return inserted;
+}
+
+/** A just-raised event as a claim would have returned it. */
+function claimedEvent(id: number, event: NewCallbackEvent): CallbackEvent {
+  return {
+    id,
+    messageId: event.messageId,
+    type: event.type,
+    webhookId: event.webhookId,
+    url: event.url,
+    body: event.body,
+    status: 'pending',
+    attempts: 0,
+    createdAt: event.createdAt,
+    windowStartAt: event.createdAt,
+    nextAttemptAt: event.createdAt,
+    lastAttemptAt: null,
+    lastError: null,
+    lastHttpStatus: null,
+    finishedAt: null,
+  };
 }
 
 /**

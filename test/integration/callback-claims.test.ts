@@ -129,6 +129,60 @@ describe('claiming callback events', () => {
 });
 
 describe('raising callback events', () => {
+  it('leases a raised event to its raiser when it is its message’s head, and leaves it due otherwise', async () => {
+    await settleEverything();
+    const id = await message();
+    const first = (await insertEvent(env.db, event(id, 'message.sent'), { claimForMs: 60_000 }))!;
+    expect(first.claimed).toBe(true);
+    // Leased to its raiser: no dispatcher claims it until the lease ends.
+    expect(await claimDueHeads(env.db, { limit: 10, ...LEASE })).toEqual([]);
+    // Its successor, raised while it is pending, is not leased, and waits for it.
+    const second = (await insertEvent(env.db, event(id, 'message.delivered'), { claimForMs: 60_000 }))!;
+    expect(second.claimed).toBe(false);
+    expect(await claimDueHeads(env.db, { limit: 10, ...LEASE })).toEqual([]);
+    await recordAttempts(env.db, [delivered(first.id)]);
+    expect((await claimDueHeads(env.db, { limit: 10, ...LEASE })).map((e) => e.id)).toEqual([second.id]);
+  });
+
+  it('is waited for by a raise while its attempt is being recorded, so the next event is leased only once it finished', async () => {
+    await settleEverything();
+    const id = await message();
+    const first = (await insertEvent(env.db, event(id, 'message.sent')))!;
+    await claimDueHeads(env.db, { limit: 10, ...LEASE });
+
+    let release!: () => void;
+    const released = new Promise<void>((resolve) => (release = resolve));
+    let recordWritten!: () => void;
+    const written = new Promise<void>((resolve) => (recordWritten = resolve));
+    const recording = env.db.transaction().execute(async (trx) => {
+      expect(await recordAttempts(trx, [delivered(first.id)])).toEqual([first.id]);
+      recordWritten();
+      await released;
+    });
+    await written;
+    let raisedYet = false;
+    const raising = insertEvent(env.db, event(id, 'message.delivered'), { claimForMs: 60_000 }).finally(() => (raisedYet = true));
+    // The raise waits on the pending row the open record holds (a backend waiting on a lock).
+    for (;;) {
+      const [waiting] = (await sql<{ n: string }>`
+        SELECT count(*) AS n FROM pg_stat_activity WHERE wait_event_type = 'Lock' AND datname = current_database()`.execute(env.db)).rows;
+      if (Number(waiting?.n) > 0 || raisedYet) break;
+    }
+    expect(raisedYet).toBe(false);
+    release();
+    await recording;
+    // After the commit it sees the first event finished: the new one is the head, leased to its raiser.
+    expect((await raising)?.claimed).toBe(true);
+  });
+
+  it('leases only as many of a round as its raiser has room for', async () => {
+    await settleEverything();
+    const [x, y] = [await message(), await message()];
+    const raised = await insertEvents(env.db, [event(x, 'message.delivered'), event(y, 'message.delivered')], { claimForMs: 60_000, claims: 1 });
+    expect(Object.fromEntries(raised.map((r) => [r.messageId, r.claimed]))).toEqual({ [x]: true, [y]: false });
+    expect((await claimDueHeads(env.db, { limit: 10, ...LEASE })).map((e) => e.messageId)).toEqual([y]);
+  });
+
   it('raises a change once: the same change again records nothing', async () => {
     const id = await message();
     const raise = event(id, 'message.sent');
