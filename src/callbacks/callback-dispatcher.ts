@@ -90,6 +90,8 @@ export function attemptRecord(event: CallbackEvent, result: AttemptResult, optio
 
 export function createCallbackDispatcher(deps: CallbackDispatcherDeps, options: CallbackDispatcherOptions): CallbackDispatcher {
   let running = false;
+  /** An event raised in this process was left due rather than leased to it: claims follow records until it is claimed. */
+  let leftDue = false;
   let inFlight = 0;
   let claiming: Promise<number> | undefined;
   let claimAgain = false;
@@ -113,6 +115,8 @@ export function createCallbackDispatcher(deps: CallbackDispatcherDeps, options: 
         const room = options.concurrency - inFlight;
         if (room <= 0) break;
         const events = await claimDueHeads(deps.db, { limit: room, leaseMs: options.leaseMs });
+        // Nothing due and nothing in flight that could make more due: what was left due is claimed.
+        if (events.length === 0 && inFlight === 0) leftDue = false;
         for (const event of events) startAttempt(event);
         started += events.length;
         // A full batch: more may be due.
@@ -162,7 +166,8 @@ export function createCallbackDispatcher(deps: CallbackDispatcherDeps, options: 
       if (finished.length > 0) void record();
     });
     const done = recording;
-    if (running) void done.then(() => schedule(0));
+    // Events this process left due (their message's earlier event was in flight) may be heads now.
+    if (running && leftDue) void done.then(() => schedule(0));
     return done;
   }
 
@@ -220,7 +225,10 @@ export function createCallbackDispatcher(deps: CallbackDispatcherDeps, options: 
       inFlight -= count;
     },
     adopt: (event) => startAttempt(event, true),
-    wake: () => schedule(WAKE_DELAY_MS),
+    wake: () => {
+      leftDue = true;
+      schedule(WAKE_DELAY_MS);
+    },
     runOnce,
     start() {
       if (running) return;
