@@ -45,7 +45,8 @@ PID_FILE=${USER_SMS_PID_FILE:-$APP_DIR/send_user_sms.pid}
 LOG_FILE=${USER_SMS_LOG_FILE:-$APP_DIR/send_user_sms.log}
 STOP_TIMEOUT=${USER_SMS_STOP_TIMEOUT:-60}
 START_TIMEOUT=${USER_SMS_START_TIMEOUT:-60}
-SERVICE_ARGS=(src/run.mjs src/main.ts all)
+# --max-semi-space-size=2: V8's young generation kept small (README, Performance: less memory and less CPU).
+SERVICE_ARGS=(--max-semi-space-size=2 src/run.mjs src/main.ts all)
 # What the service's command line contains: a PID whose process does not show it is not ours.
 SERVICE_SIGNATURE='src/run.mjs src/main.ts all'
 

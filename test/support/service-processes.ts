@@ -24,7 +24,8 @@ export interface ServiceProcess {
 }
 
 export function spawnRole(role: 'all' | 'api' | 'worker', env: Record<string, string>, name: string = role): ServiceProcess {
-  return spawnNode(['src/run.mjs', 'src/main.ts', role], env, name);
+  // As the shipped launchers start them (package.json, ops/).
+  return spawnNode(['--max-semi-space-size=2', 'src/run.mjs', 'src/main.ts', role], env, name);
 }
 
 /** Any project entry point under Node 24 (the one running this code). */
