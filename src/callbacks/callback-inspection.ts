@@ -60,6 +60,7 @@ export async function listCallbackEvents(
 }
 
 export type CallbackRetryResult =
+  /** queued: due now as its message's head (a worker attempts it within a second); false: after its message's earlier pending event */
   | { kind: 'done'; eventId: number; messageId: number; queued: boolean; explanation: string }
   | { kind: 'nothing'; eventId: number; explanation: string }
   | { kind: 'refused'; eventId: number; reason: string }
