@@ -145,7 +145,7 @@ export function createCallbackDispatcher(deps: CallbackDispatcherDeps, options: 
     void attempt.finally(() => attempts.delete(attempt));
   }
 
-  /** Records every finished attempt in one statement per batch, then claims what that made due. */
+  /** Records every finished attempt in one statement per batch (then claims, while an event raised here waits behind another). */
   function record(): Promise<void> {
     clearTimeout(recordTimer);
     recordTimer = undefined;
@@ -205,12 +205,17 @@ export function createCallbackDispatcher(deps: CallbackDispatcherDeps, options: 
     tickTimer = setTimeout(tick, options.intervalMs);
   }
 
-  async function runOnce(): Promise<number> {
-    const started = await claim();
+  /** Until every attempt under way has ended and been recorded. */
+  async function settle(): Promise<void> {
     while (attempts.size > 0 || recording) {
       await Promise.all([...attempts]);
       await recording;
     }
+  }
+
+  async function runOnce(): Promise<number> {
+    const started = await claim();
+    await settle();
     return started;
   }
 
@@ -242,10 +247,7 @@ export function createCallbackDispatcher(deps: CallbackDispatcherDeps, options: 
       wakeTimer = undefined;
       await claiming?.catch(() => undefined);
       // Attempts under way finish and are recorded; their events need no lease to come back.
-      while (attempts.size > 0 || recording) {
-        await Promise.all([...attempts]);
-        await recording;
-      }
+      await settle();
     },
   };
 }
