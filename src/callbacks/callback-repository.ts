@@ -155,9 +155,11 @@ export async function insertEvents(db: Db, events: readonly NewCallbackEvent[], 
   // Locks in message order: two statements over the same messages never wait on each other crosswise.
   const sorted = [...events].sort((a, b) => a.messageId - b.messageId);
   const column = <T>(pick: (e: NewCallbackEvent) => T) => sorted.map(pick);
+  // Columns named, never *: a statement with * is not kept prepared (database.ts).
   const result = await sql<{ id: string; message_id: string; claimed: boolean }>`
     WITH input AS (
-      SELECT * FROM unnest(${column((e) => String(e.messageId))}::bigint[], ${column((e) => e.type)}::text[], ${column((e) => e.revision)}::int[],
+      SELECT message_id, type, revision, webhook_id, url, body, created_at, claim, position
+      FROM unnest(${column((e) => String(e.messageId))}::bigint[], ${column((e) => e.type)}::text[], ${column((e) => e.revision)}::int[],
                            ${column((e) => e.webhookId)}::text[], ${column((e) => e.url)}::text[], ${column((e) => e.body)}::text[],
                            ${column((e) => e.createdAt.toISOString())}::timestamptz[], ${column((e) => claimable.has(e.messageId))}::boolean[])
         WITH ORDINALITY AS i (message_id, type, revision, webhook_id, url, body, created_at, claim, position)

@@ -179,8 +179,8 @@ export async function findMessageStory(db: Db, id: number): Promise<MessageStory
         user_agent, status, provider_ref, attempts, not_before, claimed_at, ${instant('created_at')} AS created_at,
         ${instant('sent_at')} AS sent_at, updated_at, resent_after_unknown, message_id, price, parts, amount, error_message,
         error_code, response_data, callback_url, delivery_status, delivery_code, delivered_at, delivery_checks,
-        delivery_next_check_at, operator_actions
-      FROM user_sms_send WHERE id = ${String(id)}`.execute(trx),
+        (SELECT due_at FROM delivery_due WHERE message_id = u.id) AS delivery_next_check_at, operator_actions
+      FROM user_sms_send u WHERE id = ${String(id)}`.execute(trx),
   );
   const row = result.rows[0];
   if (!row) return undefined;

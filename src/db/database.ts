@@ -57,7 +57,12 @@ export interface UserSmsSendTable {
   delivery_code: number | null;
   delivered_at: ColumnType<Date | null, never, never>;
   delivery_checks: ColumnType<number, never, number>;
-  delivery_next_check_at: ColumnType<Date | null, never, RawBuilder<unknown>>;
+}
+
+/** A message whose delivery status is still asked about, and when next (src/delivery/). */
+export interface DeliveryDueTable {
+  message_id: string;
+  due_at: ColumnType<Date, RawBuilder<unknown>, RawBuilder<unknown>>;
 }
 
 export interface EnterprisesTable {
@@ -70,6 +75,7 @@ export interface EnterprisesTable {
 export interface Database {
   user_sms_send: UserSmsSendTable;
   enterprises: EnterprisesTable;
+  delivery_due: DeliveryDueTable;
 }
 
 export type Db = Kysely<Database>;

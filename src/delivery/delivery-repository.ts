@@ -2,10 +2,12 @@ import { sql } from 'kysely';
 import { snapshotOf, type MessageSnapshot, type SnapshotRow } from '../callbacks/callback-repository.ts';
 import type { Db, DeliveryStatus } from '../db/database.ts';
 
-// All SQL of delivery status. The rows are the poller's queue: `delivery_next_check_at` says when a
-// message is next due, and a partial index holds only the messages still being asked about. Claims
-// use FOR UPDATE SKIP LOCKED, so any number of worker processes share the work without meeting, and
-// a claim is a lease: a poller that dies mid-check leaves its rows due again when the lease ends.
+// All SQL of delivery status. The poller's queue is `delivery_due`: a narrow row per message still
+// being asked about, saying when it is next due (made by recordAccepted, gone once the status is
+// final). Claims use FOR UPDATE SKIP LOCKED, so any number of worker processes share the work without
+// meeting, and a claim is a lease on that narrow row: a poller that dies mid-check leaves its rows due
+// again when the lease ends. The message's own row is written once per check, its result, in columns
+// no index holds, so PostgreSQL can update it in place (HOT) without writing index entries.
 
 export interface DueCheck {
   id: number;
@@ -34,20 +36,21 @@ export async function claimDueChecks(db: Db, options: { limit: number; leaseMs: 
   const schedule = sql`${`{${options.scheduleMs.join(',')}}`}::bigint[]`;
   const result = await sql<{ id: string; enterprise_number: string; message_id: string | null; provider_ref: string | null; delivery_checks: number; sent_at: Date | null; ask: boolean }>`
     WITH due AS (
-      SELECT id FROM user_sms_send
-      WHERE delivery_next_check_at <= now()
-      ORDER BY delivery_next_check_at
+      SELECT message_id FROM delivery_due
+      WHERE due_at <= now()
+      ORDER BY due_at
       LIMIT ${options.limit}
       FOR UPDATE SKIP LOCKED
     ), planned AS (
-      SELECT u.id, coalesce(${SENT_INSTANT} + make_interval(secs => (${schedule})[u.delivery_checks + 1] / 1000.0), now()) AS due_at
-      FROM user_sms_send u JOIN due USING (id)
+      SELECT u.id, u.enterprise_number, u.message_id, u.provider_ref, u.delivery_checks, ${SENT_INSTANT} AS sent_at,
+             coalesce(${SENT_INSTANT} + make_interval(secs => (${schedule})[u.delivery_checks + 1] / 1000.0), now()) AS due_at
+      FROM user_sms_send u JOIN due ON u.id = due.message_id
     )
-    UPDATE user_sms_send u
-    SET delivery_next_check_at = CASE WHEN p.due_at > now() THEN p.due_at ELSE now() + ${ms(options.leaseMs)} END
+    UPDATE delivery_due c
+    SET due_at = CASE WHEN p.due_at > now() THEN p.due_at ELSE now() + ${ms(options.leaseMs)} END
     FROM planned p
-    WHERE u.id = p.id
-    RETURNING u.id, u.enterprise_number, u.message_id, u.provider_ref, u.delivery_checks, ${SENT_INSTANT} AS sent_at, p.due_at <= now() AS ask`.execute(db);
+    WHERE c.message_id = p.id
+    RETURNING p.id, p.enterprise_number, p.message_id, p.provider_ref, p.delivery_checks, p.sent_at, p.due_at <= now() AS ask`.execute(db);
   return result.rows
     .filter((row) => row.ask)
     .map((row) => ({
@@ -92,19 +95,31 @@ export async function recordChecks(db: Db, checks: ReadonlyArray<{ id: number; r
   const finals = sorted.map(({ result }) => (result.kind === 'status' && result.status !== 'pending' ? result.status : result.kind === 'not-found' ? 'unknown' : null));
   const schedule = sql`${`{${scheduleMs.join(',')}}`}::bigint[]`;
   const last = scheduleMs.length;
+  // The message's row takes the result; its delivery_due row is moved to the next check, or goes
+  // when the status is final (or its message is no longer pending: nothing is left to ask).
   const result = await sql<SnapshotRow & { delivery_status: DeliveryStatus }>`
-    UPDATE user_sms_send u SET
-      delivery_code = coalesce(r.code, u.delivery_code),
-      delivery_checks = u.delivery_checks + 1,
-      delivery_status = CASE WHEN r.final IS NOT NULL THEN r.final WHEN u.delivery_checks + 1 >= ${last} THEN 'unknown' ELSE 'pending' END,
-      delivered_at = CASE WHEN r.final IS NULL THEN u.delivered_at WHEN r.final = 'unknown' THEN NULL ELSE now() END,
-      delivery_next_check_at = CASE WHEN r.final IS NOT NULL OR u.delivery_checks + 1 >= ${last} THEN NULL
-        ELSE ${SENT_INSTANT} + make_interval(secs => (${schedule})[u.delivery_checks + 2] / 1000.0) END
-    FROM unnest(${ids}::bigint[], ${codes}::smallint[], ${finals}::text[]) AS r (id, code, final)
-    WHERE u.id = r.id AND u.delivery_status = 'pending'
-    RETURNING u.id, u.enterprise_number, u.delivery_status, u.status, u.message_id, u.custom_id, u.price, u.parts, u.amount,
-      u.error_message, ${SENT_INSTANT} AS sent_at, u.delivered_at, u.callback_url,
-      (u.attempts + jsonb_array_length(u.operator_actions))::int AS revision`.execute(db);
+    WITH r AS (
+      SELECT id, code, final FROM unnest(${ids}::bigint[], ${codes}::smallint[], ${finals}::text[]) AS r (id, code, final)
+    ), recorded AS (
+      UPDATE user_sms_send u SET
+        delivery_code = coalesce(r.code, u.delivery_code),
+        delivery_checks = u.delivery_checks + 1,
+        delivery_status = CASE WHEN r.final IS NOT NULL THEN r.final WHEN u.delivery_checks + 1 >= ${last} THEN 'unknown' ELSE 'pending' END,
+        delivered_at = CASE WHEN r.final IS NULL THEN u.delivered_at WHEN r.final = 'unknown' THEN NULL ELSE now() END
+      FROM r
+      WHERE u.id = r.id AND u.delivery_status = 'pending'
+      RETURNING u.id, u.enterprise_number, u.delivery_status, u.status, u.message_id, u.custom_id, u.price, u.parts, u.amount,
+        u.error_message, ${SENT_INSTANT} AS sent_at, u.delivered_at, u.callback_url,
+        (u.attempts + jsonb_array_length(u.operator_actions))::int AS revision,
+        CASE WHEN u.delivery_status = 'pending' THEN ${SENT_INSTANT} + make_interval(secs => (${schedule})[u.delivery_checks + 1] / 1000.0) END AS next_due
+    ), rescheduled AS (
+      UPDATE delivery_due c SET due_at = x.next_due FROM recorded x WHERE c.message_id = x.id AND x.next_due IS NOT NULL
+      RETURNING c.message_id
+    ), finished AS (
+      DELETE FROM delivery_due c USING r WHERE c.message_id = r.id AND NOT EXISTS (SELECT 1 FROM recorded x WHERE x.id = r.id AND x.next_due IS NOT NULL)
+    )
+    SELECT id, enterprise_number, delivery_status, status, message_id, custom_id, price, parts, amount, error_message, sent_at, delivered_at, callback_url, revision
+    FROM recorded`.execute(db);
   return result.rows.map((row) => ({
     id: Number(row.id),
     enterpriseNumber: row.enterprise_number,
@@ -117,8 +132,8 @@ export async function recordChecks(db: Db, checks: ReadonlyArray<{ id: number; r
 export async function postponeChecks(db: Db, ids: readonly number[], delayMs: number): Promise<void> {
   if (ids.length === 0) return;
   await sql`
-    UPDATE user_sms_send SET delivery_next_check_at = now() + ${ms(delayMs)}
-    WHERE id = ANY(${ids.map(String)}::bigint[]) AND delivery_status = 'pending'`.execute(db);
+    UPDATE delivery_due SET due_at = now() + ${ms(delayMs)}
+    WHERE message_id = ANY(${ids.map(String)}::bigint[])`.execute(db);
 }
 
 export interface PolledMessage {
@@ -132,17 +147,17 @@ export interface PolledMessage {
 
 /** What is still being asked about, soonest first (`npm run jobs -- polling`). */
 export async function listPolled(db: Db, filter: { enterprise?: string | undefined; limit: number }): Promise<PolledMessage[]> {
-  const result = await sql<{ id: string; enterprise_number: string; delivery_checks: number; delivery_next_check_at: Date; delivery_code: number | null; sent_at: Date | null }>`
-    SELECT u.id, u.enterprise_number, u.delivery_checks, u.delivery_next_check_at, u.delivery_code, ${SENT_INSTANT} AS sent_at
-    FROM user_sms_send u
-    WHERE u.delivery_next_check_at IS NOT NULL ${filter.enterprise === undefined ? sql`` : sql`AND u.enterprise_number = ${filter.enterprise}`}
-    ORDER BY u.delivery_next_check_at
+  const result = await sql<{ id: string; enterprise_number: string; delivery_checks: number; due_at: Date; delivery_code: number | null; sent_at: Date | null }>`
+    SELECT u.id, u.enterprise_number, u.delivery_checks, c.due_at, u.delivery_code, ${SENT_INSTANT} AS sent_at
+    FROM delivery_due c JOIN user_sms_send u ON u.id = c.message_id
+    ${filter.enterprise === undefined ? sql`` : sql`WHERE u.enterprise_number = ${filter.enterprise}`}
+    ORDER BY c.due_at
     LIMIT ${filter.limit}`.execute(db);
   return result.rows.map((row) => ({
     id: Number(row.id),
     enterpriseNumber: row.enterprise_number,
     checks: row.delivery_checks,
-    nextCheckAt: row.delivery_next_check_at,
+    nextCheckAt: row.due_at,
     deliveryCode: row.delivery_code,
     sentAt: row.sent_at,
   }));

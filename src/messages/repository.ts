@@ -253,41 +253,53 @@ export interface Acceptance {
  */
 export async function recordAccepted(db: Db, id: number, acceptance: Acceptance, firstCheckAfterMs?: number): Promise<{ changed: MessageSnapshot | null } | undefined> {
   const row = await db
-    .updateTable('user_sms_send')
-    .set({
-      status: 'success',
-      message_id: acceptance.websmsMessageId === null ? null : String(acceptance.websmsMessageId),
-      price: acceptance.price,
-      parts: acceptance.parts,
-      amount: acceptance.amount,
-      response_data: JSON.stringify(acceptance.response),
-      error_message: null,
-      error_code: null,
-      sent_at: sql`LOCALTIMESTAMP`,
-      updated_at: sql`now()`,
-      // From now on its delivery status is asked about (src/delivery/): at its first check when the
-      // caller knows the schedule, else due at once, and the poller schedules it from its own settings.
-      delivery_status: 'pending',
-      delivery_next_check_at: firstCheckAfterMs === undefined ? sql`now()` : sql`now() + make_interval(secs => ${firstCheckAfterMs / 1000})`,
-    })
-    .where('id', '=', String(id))
-    .where('status', '=', 'sending')
-    .returning([
-      'id',
-      'enterprise_number',
-      'status',
-      'delivery_status',
-      'message_id',
-      'custom_id',
-      'price',
-      'parts',
-      'amount',
-      'error_message',
-      sql<Date | null>`sent_at AT TIME ZONE current_setting('TimeZone')`.as('sent_at'),
-      'delivered_at',
-      'callback_url',
-      sql<number>`(attempts + jsonb_array_length(operator_actions))::int`.as('revision'),
-    ])
+    .with('accepted', (qb) =>
+      qb
+        .updateTable('user_sms_send')
+        .set({
+          status: 'success',
+          message_id: acceptance.websmsMessageId === null ? null : String(acceptance.websmsMessageId),
+          price: acceptance.price,
+          parts: acceptance.parts,
+          amount: acceptance.amount,
+          response_data: JSON.stringify(acceptance.response),
+          error_message: null,
+          error_code: null,
+          sent_at: sql`LOCALTIMESTAMP`,
+          updated_at: sql`now()`,
+          delivery_status: 'pending',
+        })
+        .where('id', '=', String(id))
+        .where('status', '=', 'sending')
+        .returning([
+          'id',
+          'enterprise_number',
+          'status',
+          'delivery_status',
+          'message_id',
+          'custom_id',
+          'price',
+          'parts',
+          'amount',
+          'error_message',
+          sql<Date | null>`sent_at AT TIME ZONE current_setting('TimeZone')`.as('sent_at'),
+          'delivered_at',
+          'callback_url',
+          sql<number>`(attempts + jsonb_array_length(operator_actions))::int`.as('revision'),
+        ]),
+    )
+    // From now on its delivery status is asked about (src/delivery/): at its first check when the
+    // caller knows the schedule, else due at once, and the poller schedules it from its own settings.
+    .with('scheduled', (qb) =>
+      qb
+        .insertInto('delivery_due')
+        .columns(['message_id', 'due_at'])
+        .expression((eb) => eb.selectFrom('accepted').select(['id', (firstCheckAfterMs === undefined ? sql`now()` : sql`now() + make_interval(secs => ${firstCheckAfterMs / 1000})`).as('due_at')]))
+        .onConflict((oc) => oc.column('message_id').doUpdateSet({ due_at: (eb) => eb.ref('excluded.due_at') })),
+    )
+    // Columns named, not *: a statement with * is not kept prepared (database.ts).
+    .selectFrom('accepted')
+    .select(['id', 'enterprise_number', 'status', 'delivery_status', 'message_id', 'custom_id', 'price', 'parts', 'amount', 'error_message', 'sent_at', 'delivered_at', 'callback_url', 'revision'])
     .executeTakeFirst();
   return row && { changed: snapshotOf(row) };
 }

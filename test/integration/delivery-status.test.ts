@@ -49,7 +49,8 @@ async function send(phone: string, enterprise = '0367'): Promise<Json> {
 const row = (id: unknown) =>
   env.db
     .selectFrom('user_sms_send')
-    .select(['status', 'message_id', 'sent_at', 'delivery_status', 'delivery_code', 'delivered_at', 'delivery_checks', 'delivery_next_check_at'])
+    .select(['status', 'message_id', 'sent_at', 'delivery_status', 'delivery_code', 'delivered_at', 'delivery_checks'])
+    .select((eb) => eb.selectFrom('delivery_due').select('due_at').whereRef('delivery_due.message_id', '=', 'user_sms_send.id').as('delivery_next_check_at'))
     .where('id', '=', String(id))
     .executeTakeFirstOrThrow();
 
@@ -218,12 +219,19 @@ describe('delivery checks as a queue in the table', () => {
 
   it('lists in `npm run jobs -- polling` exactly the messages still being asked about, next check first', async () => {
     const inserted = await sql<{ id: string; delivery_status: string | null }>`
-      INSERT INTO user_sms_send (enterprise_number, phone, text, status, message_id, sent_at, delivery_status, delivery_code, delivery_next_check_at)
-      VALUES ('0367', '+375296254070', 'a', 'success', 76440101, LOCALTIMESTAMP, 'pending', 1, now() + interval '2 hours'),
-             ('0368', '+375296254070', 'b', 'success', 76440102, LOCALTIMESTAMP, 'pending', NULL, now() + interval '1 minute'),
-             ('0367', '+375296254070', 'c', 'success', 76440103, LOCALTIMESTAMP, 'delivered', 3, NULL),
-             ('0367', '+375296254070', 'd', 'failed', NULL, NULL, NULL, NULL, NULL)
-      RETURNING id, delivery_status`.execute(quiet.db);
+      WITH messages AS (
+        INSERT INTO user_sms_send (enterprise_number, phone, text, status, message_id, sent_at, delivery_status, delivery_code)
+        VALUES ('0367', '+375296254070', 'a', 'success', 76440101, LOCALTIMESTAMP, 'pending', 1),
+               ('0368', '+375296254070', 'b', 'success', 76440102, LOCALTIMESTAMP, 'pending', NULL),
+               ('0367', '+375296254070', 'c', 'success', 76440103, LOCALTIMESTAMP, 'delivered', 3),
+               ('0367', '+375296254070', 'd', 'failed', NULL, NULL, NULL, NULL)
+        RETURNING id, delivery_status, message_id
+      ), due AS (
+        INSERT INTO delivery_due (message_id, due_at)
+        SELECT id, CASE message_id WHEN 76440101 THEN now() + interval '2 hours' ELSE now() + interval '1 minute' END
+        FROM messages WHERE delivery_status = 'pending'
+      )
+      SELECT id, delivery_status FROM messages ORDER BY id`.execute(quiet.db);
     const [later, sooner] = inserted.rows.map((r) => Number(r.id));
     const out = await runCli(quiet, 'jobs', ['polling', '--json']);
     expect(out.code, out.stderr).toBe(0);
@@ -240,27 +248,29 @@ describe('delivery checks as a queue in the table', () => {
 
   it('schedules a just-sent message to its first check without asking, then leases a due check to one claimant until the lease ends', async () => {
     const inserted = await sql<{ id: string }>`
-      INSERT INTO user_sms_send (enterprise_number, phone, text, status, message_id, sent_at, delivery_status, delivery_next_check_at)
-      VALUES ('0367', '+375296254070', 'x', 'success', 76440001, LOCALTIMESTAMP, 'pending', now())
+      INSERT INTO user_sms_send (enterprise_number, phone, text, status, message_id, sent_at, delivery_status)
+      VALUES ('0367', '+375296254070', 'x', 'success', 76440001, LOCALTIMESTAMP, 'pending')
       RETURNING id`.execute(quiet.db);
     const id = Number(inserted.rows[0]!.id);
-    const stored = () => quiet.db.selectFrom('user_sms_send').select(['delivery_next_check_at', 'delivery_checks']).where('id', '=', String(id)).executeTakeFirstOrThrow();
+    await sql`INSERT INTO delivery_due (message_id, due_at) VALUES (${String(id)}, now())`.execute(quiet.db);
+    const stored = () => quiet.db.selectFrom('user_sms_send').innerJoin('delivery_due', 'delivery_due.message_id', 'user_sms_send.id').select(['delivery_due.due_at as delivery_next_check_at', 'delivery_checks']).where('id', '=', String(id)).executeTakeFirstOrThrow();
     const claim = () => claimDueChecks(quiet.db, { limit: 100, leaseMs: 60_000, scheduleMs: [60_000, 120_000] });
 
     // Just sent: not asked yet, but due at sent_at + 60 s.
     expect(await claim()).toEqual([]);
-    const scheduled = (await stored()).delivery_next_check_at!.getTime();
+    const scheduled = (await stored()).delivery_next_check_at.getTime();
     expect(scheduled).toBeGreaterThan(Date.now() + 55_000);
     expect(scheduled).toBeLessThan(Date.now() + 61_000);
 
     // Its check comes due: one claimant gets it, leased for a minute; nobody else meanwhile.
-    await sql`UPDATE user_sms_send SET sent_at = LOCALTIMESTAMP - interval '61 seconds', delivery_next_check_at = now() WHERE id = ${String(id)}`.execute(quiet.db);
+    await sql`UPDATE user_sms_send SET sent_at = LOCALTIMESTAMP - interval '61 seconds' WHERE id = ${String(id)}`.execute(quiet.db);
+    await sql`UPDATE delivery_due SET due_at = now() WHERE message_id = ${String(id)}`.execute(quiet.db);
     expect(await claim()).toEqual([{ id, enterpriseNumber: '0367', websmsMessageId: 76440001, providerRef: null, checks: 0, sentAt: expect.any(Date) as Date }]);
-    expect((await stored()).delivery_next_check_at!.getTime()).toBeGreaterThan(Date.now() + 55_000);
+    expect((await stored()).delivery_next_check_at.getTime()).toBeGreaterThan(Date.now() + 55_000);
     expect(await claim()).toEqual([]);
 
     // The claimant died: when the lease ends the check is due again, still unused.
-    await sql`UPDATE user_sms_send SET delivery_next_check_at = now() WHERE id = ${String(id)}`.execute(quiet.db);
+    await sql`UPDATE delivery_due SET due_at = now() WHERE message_id = ${String(id)}`.execute(quiet.db);
     expect((await claim()).map((c) => c.id)).toEqual([id]);
     expect((await stored()).delivery_checks).toBe(0);
   });

@@ -1,10 +1,11 @@
 import { randomBytes } from 'node:crypto';
 import { afterAll, describe, expect, it } from 'vitest';
 import { inject } from 'vitest';
-import { sql } from 'kysely';
+import { sql, type Kysely } from 'kysely';
 import pg from 'pg';
 import { createDb, type Db } from '../../src/db/database.ts';
 import { migrateToLatest } from '../../src/db/migrate.ts';
+import * as deliveryDue from '../../migrations/2026-12-02T05-00_delivery-due.ts';
 
 // Migrations meet databases the old service has used for years: they must keep its table, rows
 // and indexes exactly, and be safe to run twice and from several processes at once.
@@ -126,6 +127,36 @@ describe('migrations', () => {
       expect(await migrateToLatest(pools[0]!)).toEqual([]);
     } finally {
       await Promise.all(pools.map((db) => db.destroy()));
+    }
+  });
+
+  it('move the delivery checks still due out of user_sms_send into delivery_due, each with its time, and back', async () => {
+    const db = createDb(await emptyDatabase(), { max: 1 });
+    try {
+      await migrateToLatest(db);
+      // A migration sees the database untyped.
+      const untyped = db as unknown as Kysely<unknown>;
+      // As the table was before delivery_due: the next check's time on the message.
+      await deliveryDue.down(untyped);
+      const inserted = await sql<{ id: string }>`
+        INSERT INTO user_sms_send (enterprise_number, phone, text, status, delivery_status, delivery_next_check_at)
+        VALUES ('0367', '+375296254070', 'due', 'success', 'pending', '2030-01-01T00:00:00Z'),
+               ('0367', '+375296254070', 'final', 'success', 'delivered', NULL)
+        RETURNING id`.execute(db);
+      const [due] = inserted.rows.map((r) => r.id);
+
+      await deliveryDue.up(untyped);
+      const moved = await sql<{ message_id: string; due_at: Date }>`SELECT message_id, due_at FROM delivery_due`.execute(db);
+      expect(moved.rows).toEqual([{ message_id: due, due_at: new Date('2030-01-01T00:00:00Z') }]);
+      expect(await columnTypes(db)).not.toHaveProperty('delivery_next_check_at');
+      expect(await indexNames(db)).not.toContain('idx_user_sms_delivery_due');
+
+      await deliveryDue.down(untyped);
+      const back = await sql<{ id: string; delivery_next_check_at: Date | null }>`SELECT id, delivery_next_check_at FROM user_sms_send ORDER BY id`.execute(db);
+      expect(back.rows.map((r) => r.delivery_next_check_at)).toEqual([new Date('2030-01-01T00:00:00Z'), null]);
+      await deliveryDue.up(untyped);
+    } finally {
+      await db.destroy();
     }
   });
 });
