@@ -24,7 +24,8 @@ import { DEFAULT_REFRESH_CONCURRENCY } from './balance-watch/refresh-balances.ts
 import { startBalanceWatch } from '../workers/balance-worker.ts';
 import { callbackEmitPorts, startCallbackDelivery } from './callbacks/callback-delivery.ts';
 import { callbackMetricsText } from './callbacks/callback-metrics.ts';
-import { emitMessageEvent, emitMessageEvents, sendOutcomeEvent } from './callbacks/emit-message-event.ts';
+import { emitMessageEvents, sendOutcomeEvent } from './callbacks/emit-message-event.ts';
+import { createEventRaiser } from './callbacks/event-raiser.ts';
 
 // The two roles a process can play. Both are stateless: run as many of each as needed.
 
@@ -162,6 +163,7 @@ export async function startWorker(config: Config, logger: Logger): Promise<Runni
     sweeper: { intervalMs: config.sweeper.intervalMs, graceMs: config.sweeper.pendingAfterMs },
   });
   const callbackEvents = callbackEmitPorts(deps.db, logger, callbackDelivery?.dispatch);
+  const sendEvents = createEventRaiser(callbackEvents, logger);
   const worker = createSendWorker(
     {
       db: deps.db,
@@ -177,9 +179,10 @@ export async function startWorker(config: Config, logger: Logger): Promise<Runni
       connection: workerRedis,
       prefix: config.queuePrefix,
       concurrency: config.worker.concurrency,
-      onFinal: async (messageId, outcome, changed) => {
+      // Raised after the job completes: the caller's answer never waits for its callback event.
+      onFinal: (messageId, outcome, changed) => {
         const type = sendOutcomeEvent(outcome.status);
-        if (type) await emitMessageEvent(callbackEvents, messageId, type, changed);
+        if (type) sendEvents.raise(messageId, type, changed);
       },
     },
   );
@@ -236,6 +239,7 @@ export async function startWorker(config: Config, logger: Logger): Promise<Runni
       await deliveryPoller.stop();
       // Waits for running jobs; a job cut off later (kill -9) comes back as stalled.
       await worker.close();
+      await sendEvents.flush();
       await callbackDelivery?.stop();
       await telemetry.stop();
       workerRedis.disconnect();

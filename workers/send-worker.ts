@@ -21,10 +21,11 @@ export interface SendWorkerOptions {
   concurrency: number;
   autorun?: boolean;
   /**
-   * Called once a final outcome is recorded, before the job completes (src/callbacks: raises the
-   * caller's event). Should it throw, the job runs again, finds the row final, and calls it again.
+   * Called once a final outcome is recorded, as the job completes (src/callbacks: hands the caller's
+   * event to be raised). Must not throw or wait: the outcome's event is owed from the moment it was
+   * recorded (callback_owed), whatever becomes of this call.
    */
-  onFinal?: (messageId: number, outcome: DeliveryOutcome, changed?: MessageSnapshot | null) => Promise<void>;
+  onFinal?: (messageId: number, outcome: DeliveryOutcome, changed?: MessageSnapshot | null) => void;
 }
 
 export function createSendWorker(deps: DeliveryDeps, options: SendWorkerOptions): Worker<SendJobState, DeliveryOutcome | null> {
@@ -41,7 +42,7 @@ export function createSendWorker(deps: DeliveryDeps, options: SendWorkerOptions)
     });
     switch (step.kind) {
       case 'finished':
-        if (step.outcome && options.onFinal) await options.onFinal(job.data.messageId, step.outcome, step.changed);
+        if (step.outcome) options.onFinal?.(job.data.messageId, step.outcome, step.changed);
         return step.outcome;
       case 'wait':
         await job.moveToDelayed(Date.now() + step.delayMs, token);
