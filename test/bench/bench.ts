@@ -15,7 +15,7 @@ import { join } from 'node:path';
 import { limitViolations, SendLedger, successMatchesSandbox, waitForFinalStates, type CheckResult } from './checks.ts';
 import { renderChart, type LatencySeries } from './chart.ts';
 import { closedLoop, roundRobinSource } from './load.ts';
-import { findRedisPid } from './measurements.ts';
+import { describeWrites, findRedisPid } from './measurements.ts';
 import { parseOptions, usage, type BenchOptions } from './options.ts';
 import { startStack, type DeliveryCostResult, type LinesResult, type MemoryResult, type OverheadResult, type RateLimitResult, type ScaleResult, type ThroughputResult } from './phases.ts';
 import { evaluateTargets, renderTable, type BenchDocument } from './report.ts';
@@ -124,6 +124,7 @@ async function run(): Promise<number> {
         const result = await stack.throughput(source, latencyMs);
         throughput.push(result);
         log(`  direct ${result.direct.okPerS.toFixed(0)}/s, service ${result.service.okPerS.toFixed(0)}/s (${(result.ratio * 100).toFixed(1)}%)`);
+        log(`  PostgreSQL per message: ${describeWrites(result.writes)}`);
         latencySeries.push({ label: `direct, ${latencyMs} ms`, latency: result.direct.latency, dashed: true }, { label: `service, ${latencyMs} ms`, latency: result.service.latency });
       }
     }
@@ -399,6 +400,8 @@ async function deliveryPhase(
       throughputRatio: measured.result.okPerS / baseline.result.okPerS,
       cpuBaseline: baseline.cpu,
       cpuWithDelivery: measured.cpu,
+      writesBaseline: baseline.writes,
+      writesWithDelivery: measured.writes,
       messages: counts.messages,
       deliveryFinal: counts.deliveryFinal,
       callbacksReceived: counts.callbacks,
@@ -410,6 +413,7 @@ async function deliveryPhase(
         `CPU ${result.cpuBaseline.serviceTotal.toFixed(2)} → ${result.cpuWithDelivery.serviceTotal.toFixed(2)} ms per message; ` +
         `${result.deliveryFinal}/${result.messages} final, ${result.callbacksReceived} callbacks, drained ${result.drainMs} ms after the load`,
     );
+    log(`  PostgreSQL per message: ${describeWrites(result.writesBaseline)} → ${describeWrites(result.writesWithDelivery)}`);
     return { result, checks: [...quiet.checks, ...full.checks] };
   } finally {
     await receiver.close();

@@ -157,3 +157,64 @@ export function rssRecorder(processes: Array<{ name: string; pid: number }>, eve
     },
   };
 }
+
+// What PostgreSQL does per message: the transactions it commits on the bench database (every
+// statement outside BEGIN … COMMIT is one: a fair count of round trips; the bench's own few queries
+// are in it too), the WAL it generates (the server's whole WAL, so a bench on a
+// server others use counts their writes too) and the row versions by table, HOT updates apart (an
+// update that changes no indexed column and finds room on its page writes no index entry). The table
+// counts are the server's statistics, which a backend flushes at most once a second: a snapshot taken
+// right after a run may miss its last second.
+
+export interface TableWrites {
+  inserted: number;
+  updated: number;
+  /** of `updated`, those that wrote no index entries */
+  hot: number;
+  deleted: number;
+}
+
+export interface PgWriteSnapshot {
+  transactions: number;
+  walBytes: bigint;
+  tables: Map<string, TableWrites>;
+}
+
+export interface PgWritesPerMessage {
+  transactions: number;
+  walBytes: number;
+  /** row versions per message by table; tables with none left out */
+  tables: Record<string, TableWrites>;
+}
+
+export async function pgWriteSnapshot(sql: pg.Client): Promise<PgWriteSnapshot> {
+  const wal = await sql.query<{ lsn: string; xacts: string }>(
+    `SELECT pg_wal_lsn_diff(pg_current_wal_lsn(), '0/0')::text AS lsn,
+            (SELECT xact_commit + xact_rollback FROM pg_stat_database WHERE datname = current_database()) AS xacts`,
+  );
+  const { rows } = await sql.query<{ relname: string; ins: string; upd: string; hot: string; del: string }>(
+    `SELECT relname, n_tup_ins AS ins, n_tup_upd AS upd, n_tup_hot_upd AS hot, n_tup_del AS del FROM pg_stat_user_tables`,
+  );
+  const tables = new Map(rows.map((r) => [r.relname, { inserted: Number(r.ins), updated: Number(r.upd), hot: Number(r.hot), deleted: Number(r.del) }]));
+  return { transactions: Number(wal.rows[0]?.xacts ?? 0), walBytes: BigInt(wal.rows[0]?.lsn.split('.')[0] ?? '0'), tables };
+}
+
+export function pgWritesBetween(start: PgWriteSnapshot, end: PgWriteSnapshot, messages: number): PgWritesPerMessage {
+  const per = (value: number) => (messages === 0 ? 0 : Math.round((value / messages) * 100) / 100);
+  const tables: Record<string, TableWrites> = {};
+  for (const [name, after] of end.tables) {
+    const before = start.tables.get(name) ?? { inserted: 0, updated: 0, hot: 0, deleted: 0 };
+    const diff = { inserted: per(after.inserted - before.inserted), updated: per(after.updated - before.updated), hot: per(after.hot - before.hot), deleted: per(after.deleted - before.deleted) };
+    if (diff.inserted + diff.updated + diff.deleted > 0) tables[name] = diff;
+  }
+  return { transactions: per(end.transactions - start.transactions), walBytes: messages === 0 ? 0 : Math.round(Number(end.walBytes - start.walBytes) / messages), tables };
+}
+
+/** One line: "4.2 statements; 5.2 kB WAL; user_sms_send +1 ~2 (1 HOT); callback_events +2 ~2". */
+export function describeWrites(writes: PgWritesPerMessage): string {
+  const tables = Object.entries(writes.tables).map(([name, t]) => {
+    const parts = [t.inserted > 0 ? `+${t.inserted}` : '', t.updated > 0 ? `~${t.updated}${t.hot > 0 ? ` (${t.hot} HOT)` : ''}` : '', t.deleted > 0 ? `-${t.deleted}` : ''];
+    return `${name} ${parts.filter(Boolean).join(' ')}`;
+  });
+  return [`${writes.transactions} statements`, `${(writes.walBytes / 1024).toFixed(1)} kB WAL`, ...tables].join('; ');
+}

@@ -1,6 +1,6 @@
 import { SendLedger, statusCounts, waitForFinalStates, windowViolations, type CheckResult } from './checks.ts';
 import { closedLoop, paced, roundRobinSource, sendOne, summarise, type LatencySummary, type LoadResult, type MessageSource } from './load.ts';
-import { CpuMeter, findPostgresBackends, GROUPS, rssRecorder, sampleRss, type CpuByGroup, type Group, type RssSample } from './measurements.ts';
+import { CpuMeter, findPostgresBackends, GROUPS, pgWriteSnapshot, pgWritesBetween, rssRecorder, sampleRss, type CpuByGroup, type Group, type PgWritesPerMessage, type RssSample } from './measurements.ts';
 import type { BenchOptions } from './options.ts';
 import { ACCOUNTS, countKeys, liveHeapMb, startService, type Bench, type Service } from './stack.ts';
 
@@ -31,6 +31,8 @@ export interface ThroughputResult {
   ratio: number;
   cpu: CpuPerMessage;
   directCpu: CpuPerMessage;
+  /** what PostgreSQL wrote per message */
+  writes: PgWritesPerMessage;
 }
 
 export interface OverheadResult {
@@ -112,6 +114,9 @@ export interface DeliveryCostResult {
   /** CPU per message includes the look-ups and callbacks, finished after the load */
   cpuBaseline: CpuPerMessage;
   cpuWithDelivery: CpuPerMessage;
+  /** what PostgreSQL wrote per message, look-ups and callbacks included */
+  writesBaseline: PgWritesPerMessage;
+  writesWithDelivery: PgWritesPerMessage;
   /** of withDelivery's successful messages: how many got a final delivery status, how many callbacks were delivered */
   messages: number;
   deliveryFinal: number;
@@ -216,15 +221,17 @@ export class StackRunner {
   }
 
   /** `afterRun`: work the messages still cause after the load (delivery look-ups, callbacks), counted in their CPU. */
-  async measure<T>(run: () => Promise<T>, label: string, afterRun?: () => Promise<void>): Promise<{ result: T; cpu: CpuPerMessage }> {
+  async measure<T>(run: () => Promise<T>, label: string, afterRun?: () => Promise<void>): Promise<{ result: T; cpu: CpuPerMessage; writes: PgWritesPerMessage }> {
     const before = await messageCount(this.bench);
+    const writesStart = await pgWriteSnapshot(this.bench.sql);
     const start = await this.meter.snapshot();
     const result = await run();
     await afterRun?.();
     await this.settle(label);
     const end = await this.meter.snapshot();
+    const writesEnd = await pgWriteSnapshot(this.bench.sql);
     const messages = (await messageCount(this.bench)) - before;
-    return { result, cpu: perMessage(CpuMeter.between(start, end), messages) };
+    return { result, cpu: perMessage(CpuMeter.between(start, end), messages), writes: pgWritesBetween(writesStart, writesEnd, messages) };
   }
 
   rss(): Record<string, number | null> {
@@ -244,11 +251,11 @@ export class StackRunner {
     const direct = await closedLoop({ label: `direct ${latencyMs} ms`, origin: this.bench.sandbox.origin, target: 'direct', source, connections, durationS });
     const directCpu = perMessage(CpuMeter.between(directStart, await this.meter.snapshot()), direct.requests);
     await this.settle(`direct ${latencyMs} ms`);
-    const { result: service, cpu } = await this.measure(
+    const { result: service, cpu, writes } = await this.measure(
       () => closedLoop({ label: `service ${latencyMs} ms`, origin: this.service.apiUrl, target: 'service', source, connections, durationS }),
       `service ${latencyMs} ms`,
     );
-    return { latencyMs, direct: strip(direct), service: strip(service), ratio: service.okPerS / direct.okPerS, cpu, directCpu };
+    return { latencyMs, direct: strip(direct), service: strip(service), ratio: service.okPerS / direct.okPerS, cpu, directCpu, writes };
   }
 
   async overhead(source: MessageSource, latencyMs: number, maxPerS: number): Promise<OverheadResult & { samples: Float64Array }> {
