@@ -2,14 +2,16 @@ import type { RedisClient } from '../redis-connection.ts';
 import type { DeliveryMetrics, SendOutcomeLabel } from '../messages/deliver.ts';
 import type { SendOutcome } from '../websms/client.ts';
 
-// Cross-process counters. Workers count (HINCRBY, fire-and-forget); the API, the only process that
-// serves HTTP, reads them on each scrape. A few small hashes under `${prefix}:metrics:*`: the
+// Cross-process counters. Workers count in memory and add their counts to Redis once a second (one
+// transaction, never waited for); the API, the only process that serves HTTP, reads them on each
+// scrape. A few small hashes under `${prefix}:metrics:*`: the
 // prefix carries the queue's hash tag, so they share its Redis Cluster slot.
 //
 // Glossary
 // - series: one label combination of one metric; the sends hash keeps one field per series.
 // - dropped write: a counter update that failed (Redis down or slow). It is lost, never retried or
-//   waited for, and counted in the process (reported through the worker heartbeat).
+//   waited for, and counted in the process (reported through the worker heartbeat): a failed write of
+//   folded counts drops each send, call or wait it held.
 
 export type WebsmsCallResult = SendOutcome['kind'];
 
@@ -55,78 +57,113 @@ export function metricsKeys(prefix: string) {
 export interface MetricsRecorder extends DeliveryMetrics {
   /** A message's delivery status became final (src/delivery/); `sinceSendMs` for delivered ones. */
   deliveryFinal(enterpriseNumber: string, status: 'delivered' | 'undelivered' | 'unknown', sinceSendMs: number | null): void;
-  /** Counter writes dropped since this process started. */
+  /** Counter increments dropped since this process started (a write that failed loses its increments). */
   droppedWrites(): number;
+  /** Writes what has been counted so far and stops counting into Redis. */
+  close(): Promise<void>;
 }
 
-// Counts one send, folding enterprises beyond the series budget into OTHER_ENTERPRISE: checked and
-// counted in one step, so concurrent workers cannot overshoot the budget.
-const COUNT_SEND = `
-if redis.call('HEXISTS', KEYS[1], ARGV[1]) == 1 or redis.call('HLEN', KEYS[1]) < tonumber(ARGV[3]) then
-  return redis.call('HINCRBY', KEYS[1], ARGV[1], 1)
+// Adds counts to series, folding a new series beyond the budget into its OTHER_ENTERPRISE series:
+// checked and counted in one step, so concurrent workers cannot overshoot the budget. ARGV: the
+// budget, then (field, fallback field, increment) for each series, in the order they were first seen.
+const COUNT_SERIES = `
+local budget = tonumber(ARGV[1])
+for i = 2, #ARGV, 3 do
+  if redis.call('HEXISTS', KEYS[1], ARGV[i]) == 1 or redis.call('HLEN', KEYS[1]) < budget then
+    redis.call('HINCRBY', KEYS[1], ARGV[i], ARGV[i + 2])
+  else
+    redis.call('HINCRBY', KEYS[1], ARGV[i + 1], ARGV[i + 2])
+  end
 end
-return redis.call('HINCRBY', KEYS[1], ARGV[2], 1)`;
+return 1`;
+
+/** How often counts are written: scrapes come every 15 s or so; one write a second costs nothing. */
+const FLUSH_MS = 1_000;
+
+/** Counts waiting to be written: hash key → field → increment (a Map keeps first-seen order). */
+type Pending = Map<string, Map<string, number>>;
 
 /**
- * The delivery metrics port over Redis. Every method returns at once; a failed write is dropped
- * and counted, never thrown into the send.
+ * The delivery metrics port over Redis. Counts in memory and writes them folded, once a second, in one
+ * transaction (a scrape never sees a histogram's count without its bucket): not one write per send.
+ * Every method returns at once; a failed write is dropped and counted, never thrown into the send,
+ * and at most a second of counts is lost with a process that dies.
  */
-export function createMetricsRecorder(redis: RedisClient, prefix: string, options: { maxSendSeries?: number } = {}): MetricsRecorder {
+export function createMetricsRecorder(redis: RedisClient, prefix: string, options: { maxSendSeries?: number; flushMs?: number } = {}): MetricsRecorder {
   const keys = metricsKeys(prefix);
   const maxSendSeries = options.maxSendSeries ?? MAX_SEND_SERIES;
+  /** hashes whose new series count against the budget */
+  const budgeted = new Set([keys.sends, keys.delivery]);
+  let pending: Pending = new Map();
   let dropped = 0;
 
-  const fire = (write: () => Promise<unknown>): void => {
-    try {
-      write().catch(() => {
-        dropped += 1;
-      });
-    } catch {
-      dropped += 1;
+  const add = (key: string, field: string, by: number) => {
+    let fields = pending.get(key);
+    if (!fields) pending.set(key, (fields = new Map<string, number>()));
+    fields.set(field, (fields.get(field) ?? 0) + by);
+  };
+  /** Increments of a series (or a histogram's observation, counted once) */
+  const increments = (batch: Pending) => {
+    let total = 0;
+    for (const [key, fields] of batch) {
+      if (key === keys.websms || key === keys.deliveryTime) {
+        for (const [field, n] of fields) if (field.endsWith(':count') || field === 'count') total += n;
+      } else if (key === keys.limiter) total += fields.get('waits') ?? 0;
+      else for (const n of fields.values()) total += n;
     }
+    return total;
   };
-  /** A transaction's failures come back per command, not as a rejection. */
-  const exec = async (transaction: ReturnType<RedisClient['multi']>): Promise<void> => {
-    const results = await transaction.exec();
-    if (!results || results.some(([error]) => error)) throw new Error('metrics transaction failed');
-  };
+
+  async function flush(): Promise<void> {
+    if (pending.size === 0) return;
+    const batch = pending;
+    pending = new Map();
+    try {
+      const transaction = redis.multi();
+      for (const [key, fields] of batch) {
+        if (budgeted.has(key)) {
+          const series = [...fields].flatMap(([field, n]) => [field, `${field.slice(0, field.indexOf(':'))}:${OTHER_ENTERPRISE}`, n]);
+          transaction.eval(COUNT_SERIES, 1, key, maxSendSeries, ...series);
+        } else {
+          for (const [field, n] of fields) transaction.hincrby(key, field, n);
+        }
+      }
+      const results = await transaction.exec();
+      if (!results || results.some(([error]) => error)) throw new Error('metrics transaction failed');
+    } catch {
+      dropped += increments(batch);
+    }
+  }
+  const timer = setInterval(() => void flush(), options.flushMs ?? FLUSH_MS).unref();
 
   return {
     sendOutcome(enterpriseNumber: string, outcome: SendOutcomeLabel) {
-      fire(() => redis.eval(COUNT_SEND, 1, keys.sends, `${outcome}:${enterpriseNumber}`, `${outcome}:${OTHER_ENTERPRISE}`, maxSendSeries));
+      add(keys.sends, `${outcome}:${enterpriseNumber}`, 1);
     },
     websmsCall(durationMs: number, result: WebsmsCallResult) {
       const bucket = WEBSMS_LATENCY_BUCKETS_MS.find((le) => durationMs <= le) ?? 'inf';
+      add(keys.websms, `${result}:le:${bucket}`, 1);
       // Microseconds: sandbox and local calls take under a millisecond.
-      const micros = Math.max(0, Math.round(durationMs * 1_000));
-      fire(() =>
-        exec(
-          redis
-            .multi()
-            .hincrby(keys.websms, `${result}:le:${bucket}`, 1)
-            .hincrby(keys.websms, `${result}:sum_us`, micros)
-            .hincrby(keys.websms, `${result}:count`, 1),
-        ),
-      );
+      add(keys.websms, `${result}:sum_us`, Math.max(0, Math.round(durationMs * 1_000)));
+      add(keys.websms, `${result}:count`, 1);
     },
     deliveryFinal(enterpriseNumber, status, sinceSendMs) {
-      fire(() => redis.eval(COUNT_SEND, 1, keys.delivery, `${status}:${enterpriseNumber}`, `${status}:${OTHER_ENTERPRISE}`, maxSendSeries));
+      add(keys.delivery, `${status}:${enterpriseNumber}`, 1);
       if (status !== 'delivered' || sinceSendMs === null) return;
       const bucket = DELIVERY_TIME_BUCKETS_S.find((le) => sinceSendMs <= le * 1_000) ?? 'inf';
-      fire(() =>
-        exec(
-          redis
-            .multi()
-            .hincrby(keys.deliveryTime, `le:${bucket}`, 1)
-            .hincrby(keys.deliveryTime, 'sum_ms', Math.max(0, Math.round(sinceSendMs)))
-            .hincrby(keys.deliveryTime, 'count', 1),
-        ),
-      );
+      add(keys.deliveryTime, `le:${bucket}`, 1);
+      add(keys.deliveryTime, 'sum_ms', Math.max(0, Math.round(sinceSendMs)));
+      add(keys.deliveryTime, 'count', 1);
     },
     limiterWait(waitMs: number) {
-      fire(() => exec(redis.multi().hincrby(keys.limiter, 'waits', 1).hincrby(keys.limiter, 'wait_ms', Math.max(0, Math.round(waitMs)))));
+      add(keys.limiter, 'waits', 1);
+      add(keys.limiter, 'wait_ms', Math.max(0, Math.round(waitMs)));
     },
     droppedWrites: () => dropped,
+    async close() {
+      clearInterval(timer);
+      await flush();
+    },
   };
 }
 

@@ -75,6 +75,7 @@ export function createWorkerTelemetry(target: RedisTarget, prefix: string, logge
     },
     async stop() {
       stopped = true;
+      await recorder.close();
       await heartbeat?.stop();
       redis.disconnect();
     },

@@ -17,6 +17,7 @@ import { renderChart, type LatencySeries } from './chart.ts';
 import { closedLoop, roundRobinSource } from './load.ts';
 import { describeWrites, findRedisPid } from './measurements.ts';
 import { parseOptions, usage, type BenchOptions } from './options.ts';
+import { describeShares, summariseProfiles } from './profile-summary.ts';
 import { startStack, type DeliveryCostResult, type LinesResult, type MemoryResult, type OverheadResult, type RateLimitResult, type ScaleResult, type ThroughputResult } from './phases.ts';
 import { evaluateTargets, renderTable, type BenchDocument } from './report.ts';
 import { ACCOUNTS, seedEnterprises, startBench, startCallbackCounter, type Bench } from './stack.ts';
@@ -124,7 +125,7 @@ async function run(): Promise<number> {
         const result = await stack.throughput(source, latencyMs);
         throughput.push(result);
         log(`  direct ${result.direct.okPerS.toFixed(0)}/s, service ${result.service.okPerS.toFixed(0)}/s (${(result.ratio * 100).toFixed(1)}%)`);
-        log(`  PostgreSQL per message: ${describeWrites(result.writes)}`);
+        log(`  round trips and writes per message: ${describeWrites(result.writes)}`);
         latencySeries.push({ label: `direct, ${latencyMs} ms`, latency: result.direct.latency, dashed: true }, { label: `service, ${latencyMs} ms`, latency: result.service.latency });
       }
     }
@@ -289,7 +290,9 @@ async function run(): Promise<number> {
     delivery,
   };
   const passed = checks.every((c) => c.passed);
-  const doc: BenchDocument = { ...partial, targets: evaluateTargets(partial), checks, passed };
+  const profiles = bench.profileDir ? summariseProfiles(bench.profileDir, bench.processNames) : undefined;
+  for (const p of profiles ?? []) log(`profile ${p.name} (${p.busyS.toFixed(1)} s busy): ${describeShares(p)}`);
+  const doc: BenchDocument = { ...partial, ...(profiles ? { profiles } : {}), targets: evaluateTargets(partial), checks, passed };
 
   mkdirSync(options.outDir, { recursive: true });
   const stamp = startedAt.toISOString().replace(/[:.]/g, '-');
@@ -413,7 +416,7 @@ async function deliveryPhase(
         `CPU ${result.cpuBaseline.serviceTotal.toFixed(2)} → ${result.cpuWithDelivery.serviceTotal.toFixed(2)} ms per message; ` +
         `${result.deliveryFinal}/${result.messages} final, ${result.callbacksReceived} callbacks, drained ${result.drainMs} ms after the load`,
     );
-    log(`  PostgreSQL per message: ${describeWrites(result.writesBaseline)} → ${describeWrites(result.writesWithDelivery)}`);
+    log(`  round trips and writes per message: ${describeWrites(result.writesBaseline)} → ${describeWrites(result.writesWithDelivery)}`);
     return { result, checks: [...quiet.checks, ...full.checks] };
   } finally {
     await receiver.close();

@@ -182,6 +182,8 @@ export interface PgWriteSnapshot {
 
 export interface PgWritesPerMessage {
   transactions: number;
+  /** commands the Redis server processed per message (set by the caller that counted them) */
+  redisCommands?: number;
   walBytes: number;
   /** row versions per message by table; tables with none left out */
   tables: Record<string, TableWrites>;
@@ -216,5 +218,12 @@ export function describeWrites(writes: PgWritesPerMessage): string {
     const parts = [t.inserted > 0 ? `+${t.inserted}` : '', t.updated > 0 ? `~${t.updated}${t.hot > 0 ? ` (${t.hot} HOT)` : ''}` : '', t.deleted > 0 ? `-${t.deleted}` : ''];
     return `${name} ${parts.filter(Boolean).join(' ')}`;
   });
-  return [`${writes.transactions} statements`, `${(writes.walBytes / 1024).toFixed(1)} kB WAL`, ...tables].join('; ');
+  const redis = writes.redisCommands === undefined ? [] : [`Redis ${writes.redisCommands} commands`];
+  return [`${writes.transactions} statements`, `${(writes.walBytes / 1024).toFixed(1)} kB WAL`, ...tables, ...redis].join('; ');
+}
+
+/** Commands the Redis server has processed so far (all clients: on a shared server, others' too). */
+export async function redisCommandCount(redis: Redis): Promise<number> {
+  const info = await redis.info('stats');
+  return Number(/^total_commands_processed:(\d+)/m.exec(info)?.[1] ?? 0);
 }

@@ -1,6 +1,6 @@
 import { SendLedger, statusCounts, waitForFinalStates, windowViolations, type CheckResult } from './checks.ts';
 import { closedLoop, paced, roundRobinSource, sendOne, summarise, type LatencySummary, type LoadResult, type MessageSource } from './load.ts';
-import { CpuMeter, findPostgresBackends, GROUPS, pgWriteSnapshot, pgWritesBetween, rssRecorder, sampleRss, type CpuByGroup, type Group, type PgWritesPerMessage, type RssSample } from './measurements.ts';
+import { CpuMeter, findPostgresBackends, GROUPS, pgWriteSnapshot, redisCommandCount, pgWritesBetween, rssRecorder, sampleRss, type CpuByGroup, type Group, type PgWritesPerMessage, type RssSample } from './measurements.ts';
 import type { BenchOptions } from './options.ts';
 import { ACCOUNTS, countKeys, liveHeapMb, startService, type Bench, type Service } from './stack.ts';
 
@@ -224,14 +224,17 @@ export class StackRunner {
   async measure<T>(run: () => Promise<T>, label: string, afterRun?: () => Promise<void>): Promise<{ result: T; cpu: CpuPerMessage; writes: PgWritesPerMessage }> {
     const before = await messageCount(this.bench);
     const writesStart = await pgWriteSnapshot(this.bench.sql);
+    const redisStart = await redisCommandCount(this.bench.redis);
     const start = await this.meter.snapshot();
     const result = await run();
     await afterRun?.();
     await this.settle(label);
     const end = await this.meter.snapshot();
     const writesEnd = await pgWriteSnapshot(this.bench.sql);
+    const redisCommands = (await redisCommandCount(this.bench.redis)) - redisStart;
     const messages = (await messageCount(this.bench)) - before;
-    return { result, cpu: perMessage(CpuMeter.between(start, end), messages), writes: pgWritesBetween(writesStart, writesEnd, messages) };
+    const writes = { ...pgWritesBetween(writesStart, writesEnd, messages), redisCommands: messages === 0 ? 0 : Math.round((redisCommands / messages) * 100) / 100 };
+    return { result, cpu: perMessage(CpuMeter.between(start, end), messages), writes };
   }
 
   rss(): Record<string, number | null> {

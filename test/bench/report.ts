@@ -2,6 +2,7 @@ import type { CheckResult } from './checks.ts';
 import type { LatencySummary } from './load.ts';
 import { GROUPS } from './measurements.ts';
 import type { BenchOptions } from './options.ts';
+import type { ProfileShares } from './profile-summary.ts';
 import type { CpuPerMessage, DeliveryCostResult, LinesResult, MemoryResult, MemorySample, OverheadResult, RateLimitResult, ScaleResult, ThroughputResult } from './phases.ts';
 
 // The JSON document and the table printed from it. Targets are issue 5's; a missed target is
@@ -26,6 +27,8 @@ export interface BenchDocument {
   lines?: LinesResult | null;
   /** delivery look-ups and callbacks (issue 9): their cost to the sends */
   delivery?: DeliveryCostResult | null;
+  /** --profile: where each process's busy time went (profile-summary.ts) */
+  profiles?: Array<{ name: string; pid: number } & ProfileShares>;
   targets: TargetResult[];
   checks: CheckResult[];
   passed: boolean;

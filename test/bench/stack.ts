@@ -85,6 +85,8 @@ export interface Bench {
   teardown: Teardown;
   profileDir: string | undefined;
   nodeOptions: string | undefined;
+  /** every service process started, pid → "<stack>/<role>", to name their CPU profiles */
+  processNames: Map<number, string>;
 }
 
 async function control(origin: string, path: string, init?: RequestInit): Promise<unknown> {
@@ -145,6 +147,7 @@ export async function startBench(options: { databaseUrl: string; redisUrl: strin
       teardown,
       profileDir: options.profileDir && resolve(options.profileDir),
       nodeOptions: options.nodeOptions,
+      processNames: new Map(),
     };
   } catch (error) {
     await teardown.run();
@@ -267,6 +270,7 @@ export async function startService(bench: Bench, name: string, workers: number, 
   }
   const api = spawnRole('api', { ...common, PORT: String(port) }, 'api');
   started.push(api);
+  for (const p of started) bench.processNames.set(p.pid, `${name}/${p.name}`);
   const apiUrl = `http://127.0.0.1:${port}`;
   try {
     await Promise.race([

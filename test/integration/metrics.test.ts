@@ -214,6 +214,30 @@ describe('worker heartbeats and counters in Redis', () => {
     expect(Object.fromEntries(counters.sends.map((s) => [s.enterprise, s.count]))).toEqual({ '1': 2, '2': 1, '3': 1, [OTHER_ENTERPRISE]: 2 });
   });
 
+  it('counts in memory and writes the counts folded, not one write per send; closing writes what is left', async () => {
+    const own = `{m${randomBytes(4).toString('hex')}}`;
+    const recorder = createMetricsRecorder(redis, own, { flushMs: 60_000 });
+    for (let i = 0; i < 50; i += 1) {
+      recorder.sendOutcome('0367', 'success');
+      recorder.websmsCall(12, 'accepted');
+    }
+    recorder.limiterWait(500);
+    recorder.deliveryFinal('0367', 'delivered', 90_000);
+    // Nothing written yet: the counts wait for the next flush.
+    expect(await redis.exists(metricsKeys(own).sends, metricsKeys(own).websms, metricsKeys(own).limiter)).toBe(0);
+    await recorder.close();
+    const counters = await readCounters(redis, own);
+    expect(counters.sends).toEqual([{ outcome: 'success', enterprise: '0367', count: 50 }]);
+    expect(counters.websms).toMatchObject([{ result: 'accepted', count: 50, sumMs: 600 }]);
+    expect(counters.websms[0]!.buckets.find((b) => b.leMs === 25)!.count).toBe(50);
+    expect(counters.limiter).toEqual({ waits: 1, waitMs: 500 });
+    expect(counters.delivery).toEqual([{ status: 'delivered', enterprise: '0367', count: 1 }]);
+    expect(counters.deliveryTime).toMatchObject({ count: 1, sumS: 90 });
+    expect(recorder.droppedWrites()).toBe(0);
+    const keys = metricsKeys(own);
+    await redis.del(keys.sends, keys.websms, keys.limiter, keys.delivery, keys.deliveryTime);
+  });
+
   it('never throws or waits when Redis is unreachable, and counts the dropped writes', async () => {
     const nowhere = createRedis({ kind: 'single', url: `redis://127.0.0.1:${await freePort()}` }, 'command');
     nowhere.on('error', () => undefined);
