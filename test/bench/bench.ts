@@ -14,7 +14,7 @@ import os from 'node:os';
 import { join } from 'node:path';
 import { limitViolations, SendLedger, successMatchesSandbox, waitForFinalStates, type CheckResult } from './checks.ts';
 import { renderChart, type LatencySeries } from './chart.ts';
-import { closedLoop, roundRobinSource } from './load.ts';
+import { closedLoop, paced, roundRobinSource } from './load.ts';
 import { describeWrites, findRedisPid } from './measurements.ts';
 import { parseOptions, usage, type BenchOptions } from './options.ts';
 import { describeShares, summariseProfiles } from './profile-summary.ts';
@@ -339,6 +339,12 @@ async function deliveryPhase(
       () => closedLoop({ label: 'baseline', origin: quiet.service.apiUrl, target: 'service', source: plain, connections: options.connections, durationS: options.durationS }),
       'delivery baseline',
     );
+    // The latency a caller sees at a steady rate the machine can carry, half the baseline's.
+    const pacedRatePerS = Math.max(1, Math.round(baseline.result.okPerS / 2));
+    const pacedBaseline = await quiet.measure(
+      () => paced({ label: 'baseline paced', origin: quiet.service.apiUrl, source: plain, ratePerS: pacedRatePerS, durationS: options.durationS, maxInFlight: options.connections }),
+      'delivery baseline paced',
+    );
     await quiet.service.stop();
 
     log(`delivery: stack with a look-up and two callbacks per message, ${options.durationS} s at ${latencyMs} ms`);
@@ -394,6 +400,12 @@ async function deliveryPhase(
         drainMs = Date.now() - started;
       },
     );
+    const pacedFrom = await lastId();
+    const pacedWithDelivery = await full.measure(
+      () => paced({ label: 'with delivery paced', origin: full.service.apiUrl, source: withCallbacks, ratePerS: pacedRatePerS, durationS: options.durationS, maxInFlight: options.connections }),
+      'delivery paced',
+      () => drain(pacedFrom),
+    );
     await full.service.stop();
     const strip = ({ samples: _samples, ...rest }: typeof measured.result) => rest;
     const result: DeliveryCostResult = {
@@ -409,6 +421,9 @@ async function deliveryPhase(
       deliveryFinal: counts.deliveryFinal,
       callbacksReceived: counts.callbacks,
       drainMs,
+      pacedRatePerS,
+      pacedBaseline: strip(pacedBaseline.result),
+      pacedWithDelivery: strip(pacedWithDelivery.result),
     };
     log(
       `  baseline ${result.baseline.okPerS.toFixed(0)}/s, with delivery ${result.withDelivery.okPerS.toFixed(0)}/s (${(result.throughputRatio * 100).toFixed(1)}%), ` +
@@ -417,6 +432,10 @@ async function deliveryPhase(
         `${result.deliveryFinal}/${result.messages} final, ${result.callbacksReceived} callbacks, drained ${result.drainMs} ms after the load`,
     );
     log(`  round trips and writes per message: ${describeWrites(result.writesBaseline)} → ${describeWrites(result.writesWithDelivery)}`);
+    log(
+      `  paced at ${pacedRatePerS}/s: p50 ${result.pacedBaseline.latency.p50.toFixed(1)} → ${result.pacedWithDelivery.latency.p50.toFixed(1)} ms, ` +
+        `p99 ${result.pacedBaseline.latency.p99.toFixed(1)} → ${result.pacedWithDelivery.latency.p99.toFixed(1)} ms`,
+    );
     return { result, checks: [...quiet.checks, ...full.checks] };
   } finally {
     await receiver.close();

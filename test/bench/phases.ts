@@ -123,6 +123,10 @@ export interface DeliveryCostResult {
   callbacksReceived: number;
   /** from the end of the load until every look-up and callback was done */
   drainMs: number;
+  /** the send latency at a steady rate, half of the baseline's: what a caller sees when the machine is not saturated */
+  pacedRatePerS: number;
+  pacedBaseline: RunSummary;
+  pacedWithDelivery: RunSummary;
 }
 
 export interface LinesResult {

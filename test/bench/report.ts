@@ -119,12 +119,16 @@ export function evaluateTargets(doc: Omit<BenchDocument, 'targets' | 'checks' | 
       measured: `${num(d.withDelivery.okPerS, 0)} of ${num(d.baseline.okPerS, 0)}/s (${pct(d.throughputRatio)})`,
       met: d.throughputRatio >= 0.8,
     });
-    // "Adds nothing": within the run-to-run noise of a closed loop here, 1 ms or 10% of the baseline.
-    const added = d.withDelivery.latency.p50 - d.baseline.latency.p50;
+    // "Adds nothing": at a steady rate the machine carries (half the baseline's; a saturated closed
+    // loop's latency only says the machine has more to do), within the run-to-run noise here: 1 ms or
+    // 10% of the baseline.
+    const added = d.pacedWithDelivery.latency.p50 - d.pacedBaseline.latency.p50;
     targets.push({
-      target: 'delivery look-ups and callbacks add nothing to send latency (p50 within 1 ms or 10%)',
-      measured: `p50 ${num(d.baseline.latency.p50)} → ${num(d.withDelivery.latency.p50)} ms, p99 ${num(d.baseline.latency.p99)} → ${num(d.withDelivery.latency.p99)} ms`,
-      met: added <= Math.max(1, 0.1 * d.baseline.latency.p50),
+      target: `delivery look-ups and callbacks add nothing to send latency at ${num(d.pacedRatePerS, 0)}/s (p50 within 1 ms or 10%)`,
+      measured:
+        `p50 ${num(d.pacedBaseline.latency.p50)} → ${num(d.pacedWithDelivery.latency.p50)} ms, p99 ${num(d.pacedBaseline.latency.p99)} → ${num(d.pacedWithDelivery.latency.p99)} ms ` +
+        `(closed loop: p50 ${num(d.baseline.latency.p50)} → ${num(d.withDelivery.latency.p50)} ms)`,
+      met: added <= Math.max(1, 0.1 * d.pacedBaseline.latency.p50),
     });
   }
   return targets;
@@ -273,6 +277,8 @@ export function renderTable(doc: BenchDocument): string {
         [
           ['without', num(d.baseline.okPerS, 0), ...lat(d.baseline.latency), num(d.cpuBaseline.serviceTotal, 3)],
           ['with', num(d.withDelivery.okPerS, 0), ...lat(d.withDelivery.latency), num(d.cpuWithDelivery.serviceTotal, 3)],
+          [`without, paced ${num(d.pacedRatePerS, 0)}/s`, num(d.pacedBaseline.okPerS, 0), ...lat(d.pacedBaseline.latency), ''],
+          [`with, paced ${num(d.pacedRatePerS, 0)}/s`, num(d.pacedWithDelivery.okPerS, 0), ...lat(d.pacedWithDelivery.latency), ''],
         ],
       ),
     );
