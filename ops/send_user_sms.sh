@@ -3,9 +3,11 @@
 #
 #   ops/send_user_sms.sh start | stop | restart | status | balance <enterprise_number> [--all|--json|...]
 #
-# `start` runs `node src/run.mjs src/main.ts all` in the background: migrations, the API on
+# `start` runs `node dist/src/run.mjs dist/src/main.js all` in the background: migrations, the API on
 # HOST:PORT (127.0.0.1:8014) and WORKER_PROCESSES supervised worker processes, all under one PID
-# that leads its own process group. Output goes to the log file; the PID to the PID file.
+# that leads its own process group. Output goes to the log file; the PID to the PID file. dist/ is
+# the service compiled to JavaScript (`npm run build`); `start` builds it first when it is missing
+# or older than the sources.
 #
 # Settings (environment, or the env file, which is read first when it exists):
 #   USER_SMS_ENV_FILE      env file of KEY=value lines (default: <project>/.env); same format as
@@ -46,9 +48,9 @@ LOG_FILE=${USER_SMS_LOG_FILE:-$APP_DIR/send_user_sms.log}
 STOP_TIMEOUT=${USER_SMS_STOP_TIMEOUT:-60}
 START_TIMEOUT=${USER_SMS_START_TIMEOUT:-60}
 # --max-semi-space-size=2: V8's young generation kept small (README, Performance: less memory and less CPU).
-SERVICE_ARGS=(--max-semi-space-size=2 src/run.mjs src/main.ts all)
+SERVICE_ARGS=(--max-semi-space-size=2 dist/src/run.mjs dist/src/main.js all)
 # What the service's command line contains: a PID whose process does not show it is not ours.
-SERVICE_SIGNATURE='src/run.mjs src/main.ts all'
+SERVICE_SIGNATURE='dist/src/run.mjs dist/src/main.js all'
 
 say() { printf '%s\n' "$*"; }
 fail() { printf '%s\n' "$*" >&2; }
@@ -159,6 +161,7 @@ start() {
     fail "❌ Cannot write the log file $LOG_FILE"
     return 1
   }
+  build || return 1
 
   say "🚀 Starting User SMS service (port ${PORT:-8014}, ${WORKER_PROCESSES:-one per CPU} worker process(es)); log: $LOG_FILE"
   # setsid: the service leads its own session and process group (PGID = PID), detached from this
@@ -195,6 +198,21 @@ start() {
   done
   fail "❌ The service (PID $pid) did not answer on port ${PORT:-8014} within ${START_TIMEOUT} s; it is still running: see $LOG_FILE, or stop it"
   return 1
+}
+
+# The compiled service (ops/build.mjs, as `npm run build`), built again when any source is newer
+# than it. It needs the TypeScript compiler, a dev dependency that `npm ci` installs (like Node 24).
+build() {
+  local built="$APP_DIR/dist/src/main.js"
+  if [ -f "$built" ] && [ -z "$(find "$APP_DIR/src" "$APP_DIR/workers" "$APP_DIR/migrations" -newer "$built" -print -quit 2>/dev/null)" ]; then
+    return 0
+  fi
+  say "🔧 Building the service (ops/build.mjs)"
+  if ! "$NODE" "$APP_DIR/ops/build.mjs" >>"$LOG_FILE" 2>&1; then
+    fail "❌ The build failed; last lines of $LOG_FILE:"
+    tail -n 20 "$LOG_FILE" >&2
+    return 1
+  fi
 }
 
 stop() {

@@ -1,20 +1,23 @@
 import { readdir } from 'node:fs/promises';
 import { fileURLToPath, pathToFileURL } from 'node:url';
-import { join } from 'node:path';
+import { extname, join } from 'node:path';
 import { sql } from 'kysely';
 import { Migrator, type Migration, type MigrationProvider, type MigrationResult } from 'kysely/migration';
 import type { Db } from './database.ts';
 
 const MIGRATIONS_DIR = fileURLToPath(new URL('../../migrations/', import.meta.url));
+// .ts when the sources run as they are, .js when they were compiled (npm run build): migrations are
+// next to this file either way, compiled with it.
+const MIGRATION_EXT = extname(fileURLToPath(import.meta.url));
 // Arbitrary, fixed: every process of this service agrees on it, nothing else uses it.
 const MIGRATION_LOCK_ID = 8_014_001;
 
 const folderProvider: MigrationProvider = {
   async getMigrations() {
-    const files = (await readdir(MIGRATIONS_DIR)).filter((f) => f.endsWith('.ts') && !f.endsWith('.d.ts')).sort();
+    const files = (await readdir(MIGRATIONS_DIR)).filter((f) => extname(f) === MIGRATION_EXT && !f.endsWith(`.d${MIGRATION_EXT}`)).sort();
     const migrations: Record<string, Migration> = {};
     for (const file of files) {
-      migrations[file.replace(/\.ts$/, '')] = (await import(pathToFileURL(join(MIGRATIONS_DIR, file)).href)) as Migration;
+      migrations[file.slice(0, -MIGRATION_EXT.length)] = (await import(pathToFileURL(join(MIGRATIONS_DIR, file)).href)) as Migration;
     }
     return migrations;
   },

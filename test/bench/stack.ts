@@ -10,6 +10,7 @@ import {
   createIsolatedDatabase,
   freePort,
   spawnNode,
+  buildService,
   spawnRole,
   waitForHttp,
   type IsolatedDatabase,
@@ -96,6 +97,9 @@ async function control(origin: string, path: string, init?: RequestInit): Promis
 }
 
 export async function startBench(options: { databaseUrl: string; redisUrl: string; profileDir: string | undefined; nodeOptions: string | undefined }): Promise<Bench> {
+  // The service as it ships: compiled (npm run build), as npm start, the ops script, the systemd
+  // units and the image run it.
+  buildService();
   const teardown = new Teardown();
   const runId = randomBytes(4).toString('hex');
   try {
@@ -264,11 +268,11 @@ export async function startService(bench: Bench, name: string, workers: number, 
 
   const workerProcesses: ServiceProcess[] = [];
   for (let i = 0; i < workers; i += 1) {
-    const worker = spawnRole('worker', common, `worker${i + 1}`);
+    const worker = spawnRole('worker', common, `worker${i + 1}`, { compiled: true });
     started.push(worker);
     workerProcesses.push(worker);
   }
-  const api = spawnRole('api', { ...common, PORT: String(port) }, 'api');
+  const api = spawnRole('api', { ...common, PORT: String(port) }, 'api', { compiled: true });
   started.push(api);
   for (const p of started) bench.processNames.set(p.pid, `${name}/${p.name}`);
   const apiUrl = `http://127.0.0.1:${port}`;

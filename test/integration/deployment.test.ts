@@ -170,7 +170,7 @@ describe('docker-compose.yml', () => {
 });
 
 describe('ops/Dockerfile', () => {
-  it('is multi-stage on Node 24, installs production dependencies only, copies what the service loads, and checks /health', () => {
+  it('is multi-stage on Node 24, installs production dependencies only, runs the compiled service, copies what the tools load, and checks /health', () => {
     const dockerfile = read('ops/Dockerfile');
     expect(dockerfile).toMatch(/^ARG NODE_IMAGE=node:24[-\w.]*$/m);
     expect(dockerfile.match(/^FROM \$\{NODE_IMAGE\} AS \w+$/gm)?.length).toBeGreaterThanOrEqual(2);
@@ -181,6 +181,12 @@ describe('ops/Dockerfile', () => {
     const copied = [...dockerfile.matchAll(/^COPY --chown=\S+ (\S+) \.\/?\S*$/gm)].map((m) => m[1]!);
     for (const path of copied) expect(existsSync(join(ROOT, path)), path).toBe(true);
     expect(copied).toEqual(expect.arrayContaining(['src', 'workers', 'migrations', 'package.json']));
+    // The service itself runs compiled: dist/ from the build stage, which builds it as npm run build does.
+    expect(dockerfile).toMatch(/^FROM \$\{NODE_IMAGE\} AS build$/m);
+    expect(dockerfile).toMatch(/^RUN node ops\/build\.mjs$/m);
+    expect(dockerfile).toMatch(/^COPY --from=build --chown=\S+ \/app\/dist \.\/dist$/m);
+    expect(dockerfile).toMatch(/^ENTRYPOINT \[.*"dist\/src\/run\.mjs", "dist\/src\/main\.js"\]$/m);
+    for (const path of ['tsconfig.json', 'tsconfig.build.json', 'ops/build.mjs']) expect(existsSync(join(ROOT, path)), path).toBe(true);
     const ignore = read('.dockerignore').split('\n');
     for (const entry of ['node_modules', '.env', '.git']) expect(ignore).toContain(entry);
   });

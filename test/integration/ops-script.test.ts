@@ -131,6 +131,24 @@ describe('ops/send_user_sms.sh', () => {
     expect(stop.code).toBe(0);
   });
 
+  it('builds the compiled service when it is missing, runs it, and does not build it again while it is current', async () => {
+    rmSync(join(ROOT, 'dist'), { recursive: true, force: true });
+    const first = await run(['start']);
+    expect(first.code, first.stdout + first.stderr).toBe(0);
+    groupsSeen.add(readPid());
+    expect(first.stdout).toContain('Building the service');
+    expect(existsSync(join(ROOT, 'dist/src/main.js'))).toBe(true);
+    // The running service is the compiled one.
+    expect(readFileSync(`/proc/${readPid()}/cmdline`, 'utf8').split('\0')).toEqual(expect.arrayContaining(['dist/src/run.mjs', 'dist/src/main.js', 'all']));
+    expect((await run(['stop'])).code).toBe(0);
+
+    const second = await run(['start']);
+    expect(second.code, second.stdout + second.stderr).toBe(0);
+    groupsSeen.add(readPid());
+    expect(second.stdout).not.toContain('Building the service');
+    expect((await run(['stop'])).code).toBe(0);
+  }, 180_000);
+
   it('starts the API and WORKER_PROCESSES workers under one process group, reports them, and stops them all', async () => {
     const pid = await startService();
     expect(isAlive(pid)).toBe(true);

@@ -1,12 +1,14 @@
-import { spawn, type ChildProcess } from 'node:child_process';
+import { execFileSync, spawn, type ChildProcess } from 'node:child_process';
 import { createServer } from 'node:net';
 import { fileURLToPath } from 'node:url';
 import pg from 'pg';
 import { createDb } from '../../src/db/database.ts';
 import { migrateToLatest } from '../../src/db/migrate.ts';
 
-// Real service processes for fault tests and benchmarks: `node src/run.mjs src/main.ts <role>`,
-// each with its own environment, output captured, and a stop that always leaves nothing behind.
+// Real service processes for fault tests and benchmarks: `node src/run.mjs src/main.ts <role>`
+// (or, compiled, `node dist/src/run.mjs dist/src/main.js <role>`: what npm start runs, after
+// buildService), each with its own environment, output captured, and a stop that always leaves
+// nothing behind.
 
 const ROOT = fileURLToPath(new URL('../../', import.meta.url));
 
@@ -23,9 +25,15 @@ export interface ServiceProcess {
   kill9(): Promise<number | string>;
 }
 
-export function spawnRole(role: 'all' | 'api' | 'worker', env: Record<string, string>, name: string = role): ServiceProcess {
-  // As the shipped launchers start them (package.json, ops/).
-  return spawnNode(['--max-semi-space-size=2', 'src/run.mjs', 'src/main.ts', role], env, name);
+export function spawnRole(role: 'all' | 'api' | 'worker', env: Record<string, string>, name: string = role, options: { compiled?: boolean } = {}): ServiceProcess {
+  // As the shipped launchers start them (package.json, ops/): the same code, compiled or not.
+  const entry = options.compiled ? ['dist/src/run.mjs', 'dist/src/main.js'] : ['src/run.mjs', 'src/main.ts'];
+  return spawnNode(['--max-semi-space-size=2', ...entry, role], env, name);
+}
+
+/** Compiles the service into dist/, as `npm run build` does (for spawnRole's `compiled`). */
+export function buildService(): void {
+  execFileSync(process.execPath, ['ops/build.mjs'], { cwd: ROOT, stdio: 'inherit' });
 }
 
 /** Any project entry point under Node 24 (the one running this code). */
