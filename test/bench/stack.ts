@@ -194,10 +194,10 @@ export async function countKeys(redis: Redis, pattern: string): Promise<{ keys: 
 const SERVICE_VARIABLES =
   /^(PORT|HOST|WEBSMS_.*|RATE_LIMIT_.*|REQUEST_RATE_LIMIT_.*|SEND_.*|WORKER_.*|RETRY_.*|SWEEP_.*|KEEP_.*|DAILY_CAP_.*|IDEMPOTENCY_.*|API_TOKENS|ADMIN_.*|DASHBOARD_.*|TRUSTED_PROXIES|BODY_LIMIT_BYTES)$/;
 
-const HEAP_PROBE = fileURLToPath(new URL('./heap-probe.ts', import.meta.url));
+const HEAP_PROBE = fileURLToPath(new URL('./heap-probe.mjs', import.meta.url));
 
 /**
- * Live heap of a service process in MB, after a full collection (heap-probe.ts answers SIGUSR2 on
+ * Live heap of a service process in MB, after a full collection (heap-probe.mjs answers SIGUSR2 on
  * its stderr); undefined if it does not answer within 10 s.
  */
 export async function liveHeapMb(process_: ServiceProcess): Promise<number | undefined> {
