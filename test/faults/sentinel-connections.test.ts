@@ -86,6 +86,8 @@ async function crashTheMaster(set: SentinelSet, connections: Connection[], crash
     await waitFor(`crash ${crash}: the old master to replicate the new one, and the sentinels to know it`, 90_000, async () => {
       const replication = (await command(dying!.port, ['INFO', 'replication'])).join('\n');
       return (replication.includes('master_link_status:up') && (await set.promotable(dying!.port))) || undefined;
+    }).catch(async (error: unknown) => {
+      throw new Error(`${String(error)}; ${await set.describeReplica(dying!.port)}`);
     });
   } finally {
     stop = true;

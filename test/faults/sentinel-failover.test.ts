@@ -137,6 +137,8 @@ describe('Sentinel: the master killed with -9 under load', () => {
     await waitFor('the old master to replicate the new one, and the sentinels to know it', 90_000, async () => {
       const replication = (await command(oldMaster!.port, ['INFO', 'replication'])).join('\n');
       return replication.includes('role:slave') && replication.includes('master_link_status:up') && (await set.promotable(oldMaster!.port));
+    }).catch(async (error: unknown) => {
+      throw new Error(`${String(error)}; ${await set.describeReplica(oldMaster!.port)}`);
     });
     const before = h.requests.length;
     let switchedAt = 0;

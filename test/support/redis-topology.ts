@@ -22,7 +22,7 @@ export interface RedisProcess {
   pid(): number | undefined;
   /** SIGKILL: a crash, no goodbye to anyone. */
   kill(): Promise<void>;
-  /** (Re)starts on the same port, directory and arguments. */
+  /** (Re)starts on the same port and directory, with the arguments of a restart (see startRedisProcess). */
   start(): Promise<void>;
   output(): string;
 }
@@ -34,8 +34,10 @@ process.once('exit', () => {
   for (const child of running) if (child.exitCode === null && child.signalCode === null) child.kill('SIGKILL');
 });
 
-async function startRedisProcess(name: string, dir: string, port: number, args: string[]): Promise<RedisProcess> {
+/** `restartArgs`: the arguments of every later start(), when they differ from the first's. */
+async function startRedisProcess(name: string, dir: string, port: number, firstArgs: string[], restartArgs = firstArgs): Promise<RedisProcess> {
   let child: ChildProcess | undefined;
+  let args = firstArgs;
   let exited: Promise<void> = Promise.resolve();
   const output: string[] = [];
   const start = async () => {
@@ -60,6 +62,7 @@ async function startRedisProcess(name: string, dir: string, port: number, args: 
     }
   };
   await start();
+  args = restartArgs;
   return {
     name,
     port,
@@ -101,6 +104,8 @@ export interface SentinelSet {
    * then finds no replica to promote.)
    */
   promotable(port: number): Promise<boolean>;
+  /** Each sentinel's view of the server on `port` (its flags and link) and its own role, for a failure's message. */
+  describeReplica(port: number): Promise<string>;
   /** SENTINEL FAILOVER, asked again while a sentinel answers that it has no replica to promote yet. */
   switchover(timeoutMs?: number): Promise<void>;
   /** Every pid still running (servers and sentinels). */
@@ -132,16 +137,13 @@ export async function startSentinelSet(options: SentinelSetOptions = {}): Promis
     // Through the proxy, but announcing where it really listens, so sentinels and a promoted master's
     // replicas find it; repl-diskless-load keeps a full sync quick.
     if (password) passwords.set(replicaPort, password);
-    const replica = await startRedisProcess('replica', dir, replicaPort, [
-      ...serverArgs(replicaPort, dir, password),
-      '--dbfilename',
-      'replica.rdb',
-      '--replicaof',
-      '127.0.0.1',
-      String(proxy.port),
-      '--replica-announce-ip',
-      '127.0.0.1',
-    ]);
+    // Restarted, it comes back without --replicaof, as a crashed master does in production: once the
+    // sentinels promote a replica they rewrite its config file without the line, so a restart finds
+    // a master that the sentinels then turn into a replica of the current one (+convert-to-slave).
+    // With the line kept it would come back replicating the proxy, that is whichever server listens
+    // behind it, and wait on the sentinels' slower +fix-slave-config instead.
+    const replicaArgs = [...serverArgs(replicaPort, dir, password), '--dbfilename', 'replica.rdb', '--replica-announce-ip', '127.0.0.1'];
+    const replica = await startRedisProcess('replica', dir, replicaPort, [...replicaArgs, '--replicaof', '127.0.0.1', String(proxy.port)], replicaArgs);
     processes.push(replica);
     await waitUntil('the replica to be in sync', 10_000, async () => (await info(replicaPort, 'replication')).includes('master_link_status:up'));
 
@@ -208,6 +210,16 @@ export async function startSentinelSet(options: SentinelSetOptions = {}): Promis
           if (!replica || replica.get('flags') !== 'slave' || replica.get('master-link-status') !== 'ok') return false;
         }
         return true;
+      },
+      async describeReplica(port) {
+        const views = await Promise.all(
+          sentinels.map(async (sentinel) => {
+            const replica = (await sentinelReplicas(sentinel.port).catch(() => [])).find((r) => r.get('port') === String(port));
+            return `sentinel ${sentinel.port}: ${replica ? `flags ${replica.get('flags')}, link ${replica.get('master-link-status')}, master ${replica.get('master-port')}` : 'not a replica it knows'}`;
+          }),
+        );
+        const own = (await info(port, 'replication')).split(/\r?\n/).filter((line) => /^(role|master_port|master_link_status):/.test(line));
+        return `server ${port}: ${own.join(' ') || 'no answer'}; ${views.join('; ')}`;
       },
       async switchover(timeoutMs = 30_000) {
         let reply: string[] = [];
