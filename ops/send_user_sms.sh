@@ -4,8 +4,8 @@
 #   ops/send_user_sms.sh start | stop | restart | status | balance <enterprise_number> [--all|--json|...]
 #
 # `start` runs `node dist/src/run.mjs dist/src/main.js all` in the background: migrations, the API on
-# HOST:PORT (127.0.0.1:8014) and WORKER_PROCESSES supervised worker processes, all under one PID
-# that leads its own process group. Output goes to the log file; the PID to the PID file. dist/ is
+# HOST:PORT (127.0.0.1:8014), WORKER_PROCESSES supervised worker processes and one background process
+# (delivery look-ups, callbacks), all under one PID that leads its own process group. Output goes to the log file; the PID to the PID file. dist/ is
 # the service compiled to JavaScript (`npm run build`); `start` builds it first when it is missing
 # or older than the sources.
 #
@@ -263,9 +263,10 @@ status() {
   state=$?
   case "$state" in
     0)
-      local workers
-      workers=$(ps -o pid= --ppid "$pid" 2>/dev/null | wc -l | tr -d ' ')
-      say "✅ User SMS service is running (PID $pid, $workers worker process(es)), port ${PORT:-8014}"
+      local workers background
+      workers=$(ps -o args= --ppid "$pid" 2>/dev/null | grep -c ' worker$')
+      background=$(ps -o args= --ppid "$pid" 2>/dev/null | grep -c ' background$')
+      say "✅ User SMS service is running (PID $pid, $workers worker process(es), $background background process), port ${PORT:-8014}"
       if find_node 2>/dev/null; then
         local health
         if health=$(http_get /health); then say "   health: $health"; else say "   health: no answer on port ${PORT:-8014}"; fi

@@ -9,6 +9,11 @@ import { hasHashTag, parseHostPorts, type RedisTarget } from './redis-connection
 // The only reader of process.env. Every budget carries its unit in its name.
 
 const integer = (min: number, max: number) => z.coerce.number().int().min(min).max(max);
+const flag = (fallback: 'true' | 'false') =>
+  z
+    .enum(['true', 'false', '1', '0', 'yes', 'no', 'on', 'off'], 'must be true or false')
+    .default(fallback)
+    .transform((value) => ['true', '1', 'yes', 'on'].includes(value));
 
 const url = (protocols: string[]) =>
   z.string().refine((value) => {
@@ -59,6 +64,13 @@ const environmentSchema = z.object({
   // Worker processes that `npm start` runs beside the API: one per CPU this process may run on, so a
   // bigger machine sends more without a setting.
   WORKER_PROCESSES: integer(0, 64).default(Math.min(64, Math.max(1, availableParallelism()))),
+  // Whether a worker process also does the background work (delivery look-ups, callbacks, the
+  // sweepers, balance refreshes) beside its sends. `npm start` sets it false for its workers and runs
+  // that work in a background process of its own; a worker started alone does both unless told not to.
+  WORKER_BACKGROUND: flag('true'),
+  // The background process's nice value (0 to 19; 0 leaves it as it was started): it gives way to the
+  // sends and the API when CPU is short, and catches up when it is not.
+  BACKGROUND_NICE: integer(0, 19).default(10),
   // Send attempts per message for failures that are certainly not sent (error 1/7, refused
   // connections) and outcome lookups that could not be made.
   SEND_ATTEMPTS: integer(1, 50).default(8),
@@ -81,10 +93,7 @@ const environmentSchema = z.object({
   // The queue dashboard only shows jobs unless this is false. Its write actions (retry, remove, add,
   // pause) act on Redis alone and bypass the message rows that are the truth; `npm run jobs` is the
   // way to retry or drop a message, and it records the action on the row.
-  DASHBOARD_READ_ONLY: z
-    .enum(['true', 'false', '1', '0', 'yes', 'no', 'on', 'off'], 'must be true or false')
-    .default('true')
-    .transform((value) => ['true', '1', 'yes', 'on'].includes(value)),
+  DASHBOARD_READ_ONLY: flag('true'),
   // Caller authentication for the API: unset means off, as the old service's callers send no token.
   // `name:sha256(token):enterprises;…` (src/api/auth.ts).
   API_TOKENS: z.string().optional(),
@@ -127,8 +136,9 @@ const environmentSchema = z.object({
   CALLBACK_RETRY_BACKOFF_MS: integer(10, 3_600_000).default(10_000),
   // How long an event is retried before it is given up (an operator can retry it: npm run jobs).
   CALLBACK_RETRY_FOR_S: integer(1, 30 * 86_400).default(86_400),
-  // Deliveries in flight per worker process: modest, they wait on other people's servers.
-  CALLBACK_CONCURRENCY: integer(1, 200).default(8),
+  // Deliveries in flight per process that delivers callbacks (the background process, or each worker
+  // that does background work): modest, they wait on other people's servers.
+  CALLBACK_CONCURRENCY: integer(1, 200).default(16),
 });
 
 export type Environment = z.infer<typeof environmentSchema>;
@@ -155,9 +165,13 @@ export interface Config {
   readonly worker: {
     readonly concurrency: number;
     readonly processes: number;
+    /** WORKER_BACKGROUND: also runs the background work (roles.ts) */
+    readonly background: boolean;
     readonly sendAttempts: number;
     readonly retryBackoffMs: number;
   };
+  /** BACKGROUND_NICE: the background process's CPU priority (roles.ts) */
+  readonly backgroundNice: number;
   readonly sweeper: { readonly intervalMs: number; readonly pendingAfterMs: number };
   readonly keepFinishedJobsS: number;
   readonly queuePrefix: string;
@@ -252,9 +266,11 @@ export function loadConfig(env: NodeJS.ProcessEnv = process.env): Config {
     worker: Object.freeze({
       concurrency: e.WORKER_CONCURRENCY,
       processes: e.WORKER_PROCESSES,
+      background: e.WORKER_BACKGROUND,
       sendAttempts: e.SEND_ATTEMPTS,
       retryBackoffMs: e.RETRY_BACKOFF_MS,
     }),
+    backgroundNice: e.BACKGROUND_NICE,
     sweeper: Object.freeze({ intervalMs: e.SWEEP_INTERVAL_MS, pendingAfterMs: e.SWEEP_PENDING_AFTER_MS }),
     keepFinishedJobsS: e.KEEP_FINISHED_JOBS_S,
     queuePrefix: e.QUEUE_PREFIX,

@@ -40,7 +40,7 @@ export interface Deps {
   close: () => Promise<void>;
 }
 
-export async function createDeps(config: Config, logger: Logger, role: 'api' | 'worker'): Promise<Deps> {
+export async function createDeps(config: Config, logger: Logger, role: 'api' | 'worker' | 'background'): Promise<Deps> {
   const db = createDb(config.databaseUrl, {
     max: config.databasePoolSize,
     applicationName: `user-sms-${role}`,

@@ -4,18 +4,21 @@ import { ConfigError, loadConfig, type Config } from './config.ts';
 import { createDb } from './db/database.ts';
 import { migrateToLatest } from './db/migrate.ts';
 import { createLogger, type Logger } from './logger.ts';
-import { startApi, startWorker, type Running } from './roles.ts';
+import { startApi, startBackground, startWorker, type Running } from './roles.ts';
 
-// Process entry: `node src/run.mjs src/main.ts [all|api|worker]`.
-//   all    — migrations, the API, and WORKER_PROCESSES worker processes it supervises (npm start)
-//   api    — migrations and the API only
-//   worker — one worker process
+// Process entry: `node src/run.mjs src/main.ts [all|api|worker|background]`.
+//   all        — migrations, the API, and the processes it supervises (npm start): WORKER_PROCESSES
+//                workers that send, and one background process for the rest of the work
+//   api        — migrations and the API only
+//   worker     — one worker process: sends, and the background work too unless WORKER_BACKGROUND=false
+//   background — the background work alone (delivery look-ups, callbacks, sweepers, balances), at a
+//                lower CPU priority (BACKGROUND_NICE)
 // SIGTERM/SIGINT drain: the API stops accepting and answers its waiting callers; workers finish
 // their running jobs. Nothing queued is lost: it stays in Redis and in PostgreSQL.
 
 const role = process.argv[2] ?? 'all';
-if (!['all', 'api', 'worker'].includes(role)) {
-  console.error(`unknown role "${role}": use all, api or worker`);
+if (!['all', 'api', 'worker', 'background'].includes(role)) {
+  console.error(`unknown role "${role}": use all, api, worker or background`);
   process.exit(2);
 }
 
@@ -38,25 +41,29 @@ async function migrate(): Promise<void> {
   }
 }
 
-/** Worker processes under the `all` role: restarted when they die, stopped with the service. */
-function superviseWorkers(count: number): Running {
+/**
+ * The processes of the `all` role: `workers` that send (their background work left to the one
+ * background process), restarted when they die, stopped with the service.
+ */
+function superviseWorkers(workers: number): Running {
   const entry = fileURLToPath(new URL('./run.mjs', import.meta.url));
   const main = fileURLToPath(import.meta.url);
   const children = new Set<ChildProcess>();
   let stopping = false;
 
-  const spawn = (slot: number, restarts: number) => {
-    const child = fork(entry, [main, 'worker'], { stdio: 'inherit' });
+  const spawn = (role: 'worker' | 'background', slot: number, restarts: number) => {
+    const child = fork(entry, [main, role], { stdio: 'inherit', env: role === 'worker' ? { ...process.env, WORKER_BACKGROUND: 'false' } : process.env });
     children.add(child);
     child.on('exit', (code, signal) => {
       children.delete(child);
       if (stopping) return;
       const delayMs = Math.min(30_000, 500 * 2 ** restarts);
-      logger.error({ slot, code, signal, restartInMs: delayMs }, 'worker process exited; restarting');
-      setTimeout(() => spawn(slot, restarts + 1), delayMs).unref();
+      logger.error({ process: role, slot, code, signal, restartInMs: delayMs }, `${role} process exited; restarting`);
+      setTimeout(() => spawn(role, slot, restarts + 1), delayMs).unref();
     });
   };
-  for (let slot = 0; slot < count; slot += 1) spawn(slot, 0);
+  for (let slot = 0; slot < workers; slot += 1) spawn('worker', slot, 0);
+  spawn('background', 0, 0);
 
   return {
     async stop() {
@@ -77,6 +84,7 @@ function superviseWorkers(count: number): Running {
 
 async function run(): Promise<Running[]> {
   if (role === 'worker') return [await startWorker(config, logger)];
+  if (role === 'background') return [await startBackground(config, logger)];
   await migrate();
   const api = await startApi(config, logger);
   if (role === 'api') return [api];

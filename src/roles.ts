@@ -1,4 +1,6 @@
+import { readdirSync } from 'node:fs';
 import type { AddressInfo } from 'node:net';
+import { getPriority, setPriority } from 'node:os';
 import type { Server } from 'node:http';
 import type { Config } from './config.ts';
 import type { Logger } from './logger.ts';
@@ -17,17 +19,18 @@ import { createCompletionWaiter } from './queue/completion-waiter.ts';
 import { jobIdFor } from './queue/jobs.ts';
 import { createSendWorker } from '../workers/send-worker.ts';
 import { createQueueMonitor } from './metrics/queue-monitor.ts';
-import { createWorkerTelemetry } from './metrics/worker-telemetry.ts';
+import { createWorkerTelemetry, type WorkerTelemetry } from './metrics/worker-telemetry.ts';
 import { serviceMetricSources } from './metrics/service-families.ts';
 import { createBalanceCache } from './balance-watch/balance-cache.ts';
 import { DEFAULT_REFRESH_CONCURRENCY } from './balance-watch/refresh-balances.ts';
 import { startBalanceWatch } from '../workers/balance-worker.ts';
 import { callbackEmitPorts, startCallbackDelivery } from './callbacks/callback-delivery.ts';
 import { callbackMetricsText } from './callbacks/callback-metrics.ts';
-import { emitMessageEvents, sendOutcomeEvent } from './callbacks/emit-message-event.ts';
+import { emitMessageEvents, sendOutcomeEvent, type CallbackEmitPorts } from './callbacks/emit-message-event.ts';
 import { createEventRaiser } from './callbacks/event-raiser.ts';
 
-// The two roles a process can play. Both are stateless: run as many of each as needed.
+// The roles a process can play: the API, a worker (sends, and by default the background work too),
+// the background work alone. All are stateless: run as many of each as needed.
 
 export interface Running {
   /** Graceful: stop taking work, finish or hand back what is in flight, close connections. */
@@ -147,22 +150,89 @@ const DELIVERY_CHECK_LEASE_MS = 10 * 60_000;
 /** WebSMS accounts one worker asks about at the same time; each account one look-up at a time. */
 const DELIVERY_ACCOUNT_CONCURRENCY = 4;
 
-export async function startWorker(config: Config, logger: Logger): Promise<Running> {
-  const deps = await createDeps(config, logger, 'worker');
+/** What a worker process runs: sends (the queue's jobs), the background work, or both. */
+export interface WorkerTasks {
+  send: boolean;
+  background: boolean;
+}
+
+/**
+ * A worker process. Sends: the send queue's jobs, and the callback events of their outcomes, raised
+ * after each job completes. The background work: delivery look-ups, callback deliveries, the sweepers
+ * of lost jobs and of owed events, balance refreshes. None of it is on a send's path; by default one
+ * process does both (WORKER_BACKGROUND), and `npm start` gives the background work a process of its
+ * own at a lower CPU priority (startBackground).
+ */
+export async function startWorker(config: Config, logger: Logger, tasks: WorkerTasks = { send: true, background: config.worker.background }): Promise<Running> {
+  const deps = await createDeps(config, logger, tasks.send ? 'worker' : 'background');
+  const telemetry = createWorkerTelemetry(config.redis, config.queuePrefix, logger);
+  // Events for callers that gave a callback_url (src/callbacks): raised where their change is made
+  // (send outcomes, delivery statuses), delivered by the background work when callbacks are on.
+  const callbackDelivery = tasks.background
+    ? startCallbackDelivery({
+        db: deps.db,
+        logger,
+        settings: config.callbacks,
+        redis: config.redis,
+        prefix: config.queuePrefix,
+        sweeper: { intervalMs: config.sweeper.intervalMs, graceMs: config.sweeper.pendingAfterMs },
+        // Without sends of its own, every send's event is raised by another process: look often.
+        ...(tasks.send ? {} : { dispatchIntervalMs: DISPATCH_ALONE_INTERVAL_MS }),
+      })
+    : undefined;
+  const callbackEvents = callbackEmitPorts(deps.db, logger, callbackDelivery?.dispatch);
+  const sends = tasks.send ? await startSends(config, logger, deps, telemetry, callbackEvents) : undefined;
+  const background = tasks.background ? await startBackgroundWork(config, logger, deps, telemetry, callbackEvents) : undefined;
+  logger.info({ concurrency: tasks.send ? config.worker.concurrency : 0, background: tasks.background }, tasks.send ? 'worker started' : 'background work started');
+
+  return {
+    async stop() {
+      await background?.stop();
+      await sends?.stop();
+      await callbackDelivery?.stop();
+      await telemetry.stop();
+      await deps.close();
+      logger.info(tasks.send ? 'worker stopped' : 'background work stopped');
+    },
+  };
+}
+
+/**
+ * The background work alone, in a process that gives way to the others when CPU is short: its
+ * threads' nice value is raised to BACKGROUND_NICE (Linux keeps one per thread, and threads started
+ * later inherit it from the one that starts them).
+ */
+export async function startBackground(config: Config, logger: Logger): Promise<Running> {
+  if (config.backgroundNice > 0) lowerPriority(config.backgroundNice, logger);
+  return startWorker(config, logger, { send: false, background: true });
+}
+
+/** A background process looks for due callback events this often: its only news of a send's event. */
+const DISPATCH_ALONE_INTERVAL_MS = 200;
+
+function lowerPriority(nice: number, logger: Logger): void {
+  let threads: number[];
+  try {
+    threads = readdirSync('/proc/self/task').map(Number);
+  } catch {
+    threads = [0]; // no /proc (not Linux): where threads share the process's value, the process itself
+  }
+  let failed = 0;
+  for (const thread of threads) {
+    try {
+      setPriority(thread, Math.max(nice, getPriority(thread)));
+    } catch {
+      failed += 1;
+    }
+  }
+  if (failed > 0) logger.warn({ nice, threads: threads.length, failed }, 'could not lower the priority of every thread');
+  else logger.info({ nice }, 'background priority lowered');
+}
+
+/** The send queue's worker, and the events of its outcomes. */
+async function startSends(config: Config, logger: Logger, deps: Deps, telemetry: WorkerTelemetry, callbackEvents: CallbackEmitPorts): Promise<Running> {
   const workerRedis = createRedis(config.redis, 'blocking', 'user-sms-worker-jobs');
   workerRedis.on('error', () => undefined);
-  const telemetry = createWorkerTelemetry(config.redis, config.queuePrefix, logger);
-  // Events for callers that gave a callback_url (src/callbacks): raised here for send outcomes and
-  // delivery statuses, and delivered from here when callbacks are on.
-  const callbackDelivery = startCallbackDelivery({
-    db: deps.db,
-    logger,
-    settings: config.callbacks,
-    redis: config.redis,
-    prefix: config.queuePrefix,
-    sweeper: { intervalMs: config.sweeper.intervalMs, graceMs: config.sweeper.pendingAfterMs },
-  });
-  const callbackEvents = callbackEmitPorts(deps.db, logger, callbackDelivery?.dispatch);
   const sendEvents = createEventRaiser(callbackEvents, logger);
   const worker = createSendWorker(
     {
@@ -194,6 +264,18 @@ export async function startWorker(config: Config, logger: Logger): Promise<Runni
   });
   await worker.waitUntilReady();
   telemetry.start(worker);
+  return {
+    async stop() {
+      // Waits for running jobs; a job cut off later (kill -9) comes back as stalled.
+      await worker.close();
+      await sendEvents.flush();
+      workerRedis.disconnect();
+    },
+  };
+}
+
+/** Delivery look-ups, the sweeper of lost jobs and the balance watch (callback delivery is started beside it). */
+async function startBackgroundWork(config: Config, logger: Logger, deps: Deps, telemetry: WorkerTelemetry, callbackEvents: CallbackEmitPorts): Promise<Running> {
   const sweeper = createSweeper(
     {
       db: deps.db,
@@ -230,21 +312,11 @@ export async function startWorker(config: Config, logger: Logger): Promise<Runni
     { db: deps.db, websms: deps.websms, cache: createBalanceCache(deps.redis, config.queuePrefix), logger },
     { redis: deps.redis, target: config.redis, prefix: config.queuePrefix, refreshMs: config.balanceRefreshS * 1_000, concurrency: DEFAULT_REFRESH_CONCURRENCY },
   );
-  logger.info({ concurrency: config.worker.concurrency }, 'worker started');
-
   return {
     async stop() {
       await sweeper.stop();
       await balanceWatch.stop();
       await deliveryPoller.stop();
-      // Waits for running jobs; a job cut off later (kill -9) comes back as stalled.
-      await worker.close();
-      await sendEvents.flush();
-      await callbackDelivery?.stop();
-      await telemetry.stop();
-      workerRedis.disconnect();
-      await deps.close();
-      logger.info('worker stopped');
     },
   };
 }

@@ -12,7 +12,10 @@ import { raiseOwedEvent, type CallbackEmitPorts } from './emit-message-event.ts'
 // and attempts due events, its sweeper of owed events, and its counters. Processes that only raise
 // events (the API, the jobs CLI) need nothing but PostgreSQL: a raised event is a due row.
 
-/** How often a dispatcher looks for due events nobody in its process raised (the API's, retries, leases run out). */
+/**
+ * How often a dispatcher looks for due events nobody in its process raised (the API's, retries, leases
+ * run out), by default: a worker that sends raises its own sends' events and hands them over at once.
+ */
 const DISPATCH_INTERVAL_MS = 1_000;
 /** A claimed event's lease beyond its attempt's timeout: then it is due again (its process died). */
 const LEASE_MARGIN_MS = 10_000;
@@ -24,6 +27,8 @@ export interface CallbackDeliveryOptions {
   redis: RedisTarget;
   prefix: string;
   sweeper: { intervalMs: number; graceMs: number };
+  /** how often to look for due events; a process whose sends' events are raised elsewhere looks more often */
+  dispatchIntervalMs?: number;
 }
 
 export interface RunningCallbackDelivery {
@@ -50,7 +55,7 @@ export function startCallbackDelivery(options: CallbackDeliveryOptions): Running
     { db, logger, deliver: (event) => sender.deliver(event), metrics },
     {
       concurrency: settings.concurrency,
-      intervalMs: DISPATCH_INTERVAL_MS,
+      intervalMs: options.dispatchIntervalMs ?? DISPATCH_INTERVAL_MS,
       leaseMs: settings.timeoutMs + LEASE_MARGIN_MS,
       retryBackoffMs: settings.retryBackoffMs,
       retryForS: settings.retryForS,

@@ -62,7 +62,7 @@ export async function findRedisPid(redis: Redis): Promise<number | undefined> {
  */
 export async function findPostgresBackends(sql: pg.Client, database: string): Promise<number[]> {
   const { rows } = await sql.query<{ pid: number }>(
-    `SELECT pid FROM pg_stat_activity WHERE datname = $1 AND application_name IN ('user-sms-api', 'user-sms-worker')`,
+    `SELECT pid FROM pg_stat_activity WHERE datname = $1 AND application_name IN ('user-sms-api', 'user-sms-worker', 'user-sms-background')`,
     [database],
   );
   return rows.map((r) => r.pid).filter((pid) => commandOf(pid).startsWith('postgres'));
@@ -71,13 +71,15 @@ export async function findPostgresBackends(sql: pg.Client, database: string): Pr
 export interface ProcessGroups {
   api: number[];
   workers: number[];
+  /** the background process (delivery look-ups, callbacks), as npm start runs it */
+  background: number[];
   sandbox: number[];
   redis: number[];
   postgres: number[];
 }
 
 export type Group = keyof ProcessGroups | 'loadgen';
-export const GROUPS: Group[] = ['api', 'workers', 'postgres', 'redis', 'sandbox', 'loadgen'];
+export const GROUPS: Group[] = ['api', 'workers', 'background', 'postgres', 'redis', 'sandbox', 'loadgen'];
 
 interface CpuSnapshot {
   perPid: Map<number, number>;

@@ -179,7 +179,7 @@ function strip(result: LoadResult): RunSummary {
 }
 
 function serviceProcesses(service: Service): Array<{ name: string; pid: number }> {
-  return [service.api, ...service.workers].map((p) => ({ name: p.name, pid: p.pid }));
+  return [service.api, ...service.workers, service.background].map((p) => ({ name: p.name, pid: p.pid }));
 }
 
 async function messageCount(bench: Bench): Promise<number> {
@@ -203,6 +203,7 @@ export class StackRunner {
     this.meter = new CpuMeter(async () => ({
       api: [service.api.pid],
       workers: service.workers.map((w) => w.pid),
+      background: [service.background.pid],
       sandbox: [bench.sandbox.process.pid],
       redis: redisPid === undefined ? [] : [redisPid],
       postgres: await findPostgresBackends(bench.sql, database),
@@ -246,7 +247,7 @@ export class StackRunner {
   }
 
   async memory(): Promise<MemorySample> {
-    const processes = [this.service.api, ...this.service.workers];
+    const processes = [this.service.api, ...this.service.workers, this.service.background];
     const heaps = await Promise.all(processes.map((p) => liveHeapMb(p)));
     return { rss: this.rss(), liveHeap: Object.fromEntries(processes.map((p, i) => [p.name, heaps[i] ?? null])) };
   }
@@ -544,7 +545,7 @@ export function perMessage(cpu: CpuByGroup, messages: number): CpuPerMessage {
     byGroup[group] = seconds === null || messages === 0 ? null : (seconds * 1000) / messages;
   }
   const sum = (groups: Group[]) => groups.reduce((total, g) => total + (byGroup[g] ?? 0), 0);
-  return { byGroup, serviceTotal: sum(['api', 'workers', 'postgres', 'redis']), machineTotal: sum(GROUPS), messages };
+  return { byGroup, serviceTotal: sum(['api', 'workers', 'background', 'postgres', 'redis']), machineTotal: sum(GROUPS), messages };
 }
 
 /** Starts a stack with its enterprises seeded; the caller stops it. */

@@ -220,11 +220,14 @@ export interface Service {
   apiUrl: string;
   api: ServiceProcess;
   workers: ServiceProcess[];
+  /** delivery look-ups, callbacks and the sweepers, at a lower CPU priority */
+  background: ServiceProcess;
   stop(): Promise<void>;
 }
 
 /**
- * An API process and `workers` worker processes on their own queue prefix. `env` adds service
+ * As `npm start` runs the service: an API process, `workers` worker processes that only send, and
+ * the background process, on their own queue prefix. `env` adds service
  * configuration (RATE_LIMIT_*, WORKER_CONCURRENCY …). Its keys are removed at teardown.
  */
 export async function startService(bench: Bench, name: string, workers: number, env: Record<string, string>, logLevel: string): Promise<Service> {
@@ -268,10 +271,12 @@ export async function startService(bench: Bench, name: string, workers: number, 
 
   const workerProcesses: ServiceProcess[] = [];
   for (let i = 0; i < workers; i += 1) {
-    const worker = spawnRole('worker', common, `worker${i + 1}`, { compiled: true });
+    const worker = spawnRole('worker', { ...common, WORKER_BACKGROUND: 'false' }, `worker${i + 1}`, { compiled: true });
     started.push(worker);
     workerProcesses.push(worker);
   }
+  const background = spawnRole('background', common, 'background', { compiled: true });
+  started.push(background);
   const api = spawnRole('api', { ...common, PORT: String(port) }, 'api', { compiled: true });
   started.push(api);
   for (const p of started) bench.processNames.set(p.pid, `${name}/${p.name}`);
@@ -282,16 +287,17 @@ export async function startService(bench: Bench, name: string, workers: number, 
       ...started.map((p) => p.exited.then((code) => Promise.reject(new Error(`${p.name} exited (${code}) during start-up:\n${p.output().slice(-20).join('\n')}`)))),
     ]);
     await waitForWorkers(workerProcesses);
+    await waitForWorkers([background], 'background work started');
   } catch (error) {
     await stop();
     throw error;
   }
-  return { prefix, apiUrl, api, workers: workerProcesses, stop };
+  return { prefix, apiUrl, api, workers: workerProcesses, background, stop };
 }
 
-async function waitForWorkers(workers: ServiceProcess[], timeoutMs = 60_000): Promise<void> {
+async function waitForWorkers(workers: ServiceProcess[], started = 'worker started', timeoutMs = 60_000): Promise<void> {
   const deadline = Date.now() + timeoutMs;
-  while (!workers.every((w) => w.output().some((line) => line.includes('worker started')))) {
+  while (!workers.every((w) => w.output().some((line) => line.includes(started)))) {
     const dead = workers.find((w) => w.child.exitCode !== null || w.child.signalCode !== null);
     if (dead) throw new Error(`${dead.name} exited during start-up:\n${dead.output().slice(-20).join('\n')}`);
     if (Date.now() > deadline) throw new Error('workers did not start in time');

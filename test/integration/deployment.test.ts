@@ -71,7 +71,7 @@ describe('ops/user-sms.env.example', () => {
 
 describe('stop timeouts', () => {
   it('give the service longer than its own drain limit everywhere: systemd, docker compose, the script', () => {
-    for (const unit of ['ops/systemd/user-sms-api.service', 'ops/systemd/sms-worker@.service']) {
+    for (const unit of ['ops/systemd/user-sms-api.service', 'ops/systemd/sms-worker@.service', 'ops/systemd/user-sms-background.service']) {
       const text = read(unit);
       expect(Number(/^TimeoutStopSec=(\d+)$/m.exec(text)?.[1]), unit).toBeGreaterThan(DRAIN_LIMIT_S);
       expect(text).toMatch(/^KillSignal=SIGTERM$/m);
@@ -106,11 +106,11 @@ describe('docker-compose.yml', () => {
     const file = parse!(read('docker-compose.yml'), { merge: true }) as { name?: string; services: Record<string, Service> };
     // The project's containers, network and volumes keep their names whatever the checkout's directory.
     expect(file.name).toBe('user-sms');
-    const { postgres, redis, api, worker, sandbox } = file.services;
+    const { postgres, redis, api, worker, background, sandbox } = file.services;
     expect(postgres?.image).toMatch(/^postgres:/);
     expect(redis?.command?.join(' ')).toMatch(/--maxmemory-policy noeviction/);
     expect(redis?.command?.join(' ')).toMatch(/--appendonly yes/);
-    for (const service of [api, worker]) {
+    for (const service of [api, worker, background]) {
       expect(service?.build?.dockerfile).toBe('ops/Dockerfile');
       expect(service?.depends_on?.postgres?.condition).toBe('service_healthy');
       expect(service?.depends_on?.redis?.condition).toBe('service_healthy');
@@ -120,6 +120,10 @@ describe('docker-compose.yml', () => {
     expect(worker?.command).toEqual(['worker']);
     expect(String(worker?.deploy?.replicas)).toMatch(/\d/);
     expect(worker?.healthcheck?.disable).toBe(true);
+    // The workers only send; the background work is the background service's, alone.
+    expect(worker?.environment?.WORKER_BACKGROUND).toBe('false');
+    expect(background?.command).toEqual(['background']);
+    expect(background?.healthcheck?.disable).toBe(true);
     expect(sandbox?.profiles).toEqual(['sandbox']);
     expect(sandbox?.entrypoint).toEqual(['npm', 'run', 'sandbox']);
     // Redis under Sentinel (--profile sentinel): a replica of `redis` and three sentinels watching it.
@@ -127,7 +131,7 @@ describe('docker-compose.yml', () => {
     for (const name of sentinelProfile) expect(file.services[name]?.profiles, name).toEqual(['sentinel']);
     expect(file.services['redis-replica']?.command?.join(' ')).toMatch(/--replicaof redis 6379/);
     for (const name of sentinelProfile.slice(1)) expect(file.services[name]?.command?.join(' '), name).toMatch(/sentinel monitor sms redis 6379 2[\s\S]*--sentinel/);
-    for (const service of [api, worker]) expect(Object.keys(service?.environment ?? {})).toEqual(expect.arrayContaining(['REDIS_SENTINELS', 'REDIS_SENTINEL_MASTER', 'REDIS_CLUSTER_NODES']));
+    for (const service of [api, worker, background]) expect(Object.keys(service?.environment ?? {})).toEqual(expect.arrayContaining(['REDIS_SENTINELS', 'REDIS_SENTINEL_MASTER', 'REDIS_CLUSTER_NODES']));
     for (const name of Object.keys(file.services)) if (name !== 'sandbox' && !sentinelProfile.includes(name)) expect(file.services[name]!.profiles, name).toBeUndefined();
   });
 
@@ -196,12 +200,13 @@ describe.skipIf(skipSystemd)('ops/systemd units', () => {
   it('pass `systemd-analyze verify` (paths pointed at this checkout)', () => {
     const dir = mkdtempSync(join(tmpdir(), 'user-sms-units-'));
     try {
-      for (const unit of ['user-sms-api.service', 'sms-worker@.service']) {
+      for (const unit of ['user-sms-api.service', 'sms-worker@.service', 'user-sms-background.service']) {
         writeFileSync(join(dir, unit), read(`ops/systemd/${unit}`).replaceAll('/opt/user-sms/node_modules/.bin/node', process.execPath).replaceAll('/opt/user-sms', ROOT));
       }
       // A template is verified through an instance.
       writeFileSync(join(dir, 'sms-worker@1.service'), readFileSync(join(dir, 'sms-worker@.service')));
-      const result = spawnSync(systemdAnalyze!, ['verify', '--man=no', join(dir, 'user-sms-api.service'), join(dir, 'sms-worker@1.service')], { encoding: 'utf8', timeout: 30_000 });
+      const units = ['user-sms-api.service', 'sms-worker@1.service', 'user-sms-background.service'].map((unit) => join(dir, unit));
+      const result = spawnSync(systemdAnalyze!, ['verify', '--man=no', ...units], { encoding: 'utf8', timeout: 30_000 });
       expect(result.status, result.stderr).toBe(0);
       expect(result.stderr).not.toMatch(/Unknown|ignoring|not executable/i);
     } finally {

@@ -152,8 +152,8 @@ describe('ops/send_user_sms.sh', () => {
   it('starts the API and WORKER_PROCESSES workers under one process group, reports them, and stops them all', async () => {
     const pid = await startService();
     expect(isAlive(pid)).toBe(true);
-    // The main process leads its own group: the API plus two worker processes.
-    await eventually(() => Promise.resolve(groupMembers(pid).length === 3 ? true : undefined), 30_000);
+    // The main process leads its own group: the API, two worker processes and the background process.
+    await eventually(() => Promise.resolve(groupMembers(pid).length === 4 ? true : undefined), 30_000);
     const health = await eventually(async () => {
       const response = await fetch(`http://127.0.0.1:${port}/health`);
       const json = (await response.json()) as Record<string, unknown>;
@@ -164,7 +164,7 @@ describe('ops/send_user_sms.sh', () => {
     const status = await run(['status']);
     expect(status.code).toBe(0);
     expect(status.stdout).toContain(`PID ${pid}`);
-    expect(status.stdout).toContain('2 worker process(es)');
+    expect(status.stdout).toContain('2 worker process(es), 1 background process');
 
     const again = await run(['start']);
     expect(again.code).toBe(0);
@@ -215,7 +215,7 @@ describe('ops/send_user_sms.sh', () => {
 
   it('kills the whole process group when the service does not stop within USER_SMS_STOP_TIMEOUT', async () => {
     const pid = await startService();
-    await eventually(() => Promise.resolve(groupMembers(pid).length === 3 ? true : undefined), 30_000);
+    await eventually(() => Promise.resolve(groupMembers(pid).length === 4 ? true : undefined), 30_000);
     const workers = groupMembers(pid).filter((member) => member !== pid);
     // A main process that cannot drain (frozen): SIGTERM stays pending, its workers keep running.
     process.kill(pid, 'SIGSTOP');

@@ -1,7 +1,10 @@
 import { execFileSync } from 'node:child_process';
+import { randomBytes } from 'node:crypto';
+import { readdirSync, readFileSync } from 'node:fs';
 import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest';
 import { createTestEnv, DEMO_KEY, DEMO_USER, eventually, postJson, type TestEnv } from '../support/context.ts';
 import { freePort, spawnRole, waitForHttp, type ServiceProcess } from '../support/service-processes.ts';
+import { Receiver } from '../support/callback-receiver.ts';
 
 // The service as operators run it: real processes, signals and exit codes.
 
@@ -21,7 +24,7 @@ function serviceEnv(port: number, extra: Record<string, string> = {}): Record<st
   };
 }
 
-function start(role: 'all' | 'api' | 'worker', vars: Record<string, string>): ServiceProcess {
+function start(role: 'all' | 'api' | 'worker' | 'background', vars: Record<string, string>): ServiceProcess {
   const child = spawnRole(role, vars);
   started.push(child);
   return child;
@@ -42,6 +45,19 @@ function alive(pid: number): boolean {
   } catch {
     return false;
   }
+}
+
+/** The role a service process was started with: the last word of its command line. */
+function roleOf(pid: number): string | undefined {
+  return readFileSync(`/proc/${pid}/cmdline`, 'utf8').split('\0').filter(Boolean).at(-1);
+}
+
+/** The nice value of each of a process's threads (field 19 of /proc/…/task/…/stat). */
+function threadNices(pid: number): number[] {
+  return readdirSync(`/proc/${pid}/task`).map((tid) => {
+    const stat = readFileSync(`/proc/${pid}/task/${tid}/stat`, 'utf8');
+    return Number(stat.slice(stat.lastIndexOf(')') + 2).split(' ')[16]);
+  });
 }
 
 function childPids(pid: number): number[] {
@@ -73,21 +89,63 @@ describe('service processes', () => {
     expect(sent.status).toBe(200);
     expect(sent.json.success).toBe(true);
 
-    const workers = childPids(service.pid);
-    expect(workers).toHaveLength(2);
+    const children = childPids(service.pid);
+    expect(children.map(roleOf).sort()).toEqual(['background', 'worker', 'worker']);
     expect(await service.stop(30_000)).toBe(0);
-    await eventually(() => (workers.every((pid) => !alive(pid)) ? true : undefined), 10_000);
+    await eventually(() => (children.every((pid) => !alive(pid)) ? true : undefined), 10_000);
   });
 
-  it('a forked worker drains and exits by itself when its supervisor is killed with -9', async () => {
+  it('`all` gives the background work a process of its own at BACKGROUND_NICE: callbacks and delivery statuses arrive, its workers only send', async () => {
+    const secret = `whsec_${randomBytes(32).toString('base64')}`;
+    const receiver = new Receiver(secret);
+    await receiver.start();
+    try {
+      const port = await freePort();
+      const service = start(
+        'all',
+        serviceEnv(port, {
+          WORKER_PROCESSES: '1',
+          CALLBACK_ALLOWED_HOSTS: '127.0.0.1',
+          CALLBACK_SIGNING_SECRET: secret,
+          DELIVERY_POLL_SCHEDULE_MS: '300,1000',
+          DELIVERY_POLL_INTERVAL_MS: '200',
+        }),
+      );
+      await waitForHttp(`http://127.0.0.1:${port}/health`);
+      await workersLive(port, 1);
+      const children = await eventually(() => (childPids(service.pid).length === 2 ? childPids(service.pid) : undefined), 30_000);
+      const background = children.find((pid) => roleOf(pid) === 'background')!;
+      const worker = children.find((pid) => roleOf(pid) === 'worker')!;
+      // Every thread of the background process gives way; the worker's do not. Lowered as it starts.
+      await eventually(() => (threadNices(background).every((nice) => nice === 10) ? true : undefined), 30_000);
+      expect(threadNices(worker).every((nice) => nice === 0)).toBe(true);
+      expect(readFileSync(`/proc/${worker}/environ`, 'utf8').split('\0')).toContain('WORKER_BACKGROUND=false');
+      await eventually(() => (service.output().some((line) => line.includes('background work started')) ? true : undefined), 30_000);
+
+      const sent = await postJson(`http://127.0.0.1:${port}`, '/send', { enterprise_number: '0367', phone: PHONE, text: 'background', callback_url: receiver.url('/crm') });
+      expect(sent.status).toBe(200);
+      const events = await eventually(() => (receiver.at('/crm').length >= 2 ? receiver.at('/crm') : undefined), 30_000);
+      expect(events.map((e) => (JSON.parse(e.body) as { type: string }).type)).toEqual(['message.sent', 'message.delivered']);
+      expect(events.every((e) => e.verified)).toBe(true);
+      const row = await env.db.selectFrom('user_sms_send').select(['delivery_status']).where('id', '=', String(sent.json.id)).executeTakeFirstOrThrow();
+      expect(row.delivery_status).toBe('delivered');
+      // The worker sent it; the look-up and both deliveries were the background process's.
+      const logs = service.output().flatMap((line) => (line.startsWith('{') ? [JSON.parse(line) as { pid?: number; msg?: string }] : []));
+      expect(logs.some((l) => l.pid === background && l.msg === 'callback delivery started')).toBe(true);
+      expect(logs.some((l) => l.pid === worker && l.msg === 'callback delivery started')).toBe(false);
+    } finally {
+      await receiver.stop();
+    }
+  });
+
+  it('forked worker and background processes drain and exit by themselves when their supervisor is killed with -9', async () => {
     const port = await freePort();
     const service = start('all', serviceEnv(port, { WORKER_PROCESSES: '1' }));
     await waitForHttp(`http://127.0.0.1:${port}/health`);
-    const [worker] = childPids(service.pid);
-    expect(worker).toBeDefined();
+    const children = await eventually(() => (childPids(service.pid).length === 2 ? childPids(service.pid) : undefined), 30_000);
     process.kill(service.pid, 'SIGKILL'); // the supervisor alone, not its process group
     await service.exited;
-    await eventually(() => (alive(worker!) ? undefined : true), 20_000);
+    await eventually(() => (children.some(alive) ? undefined : true), 20_000);
   });
 
   it('runs the API and any number of workers as separate processes', async () => {

@@ -25,7 +25,7 @@ export interface ServiceProcess {
   kill9(): Promise<number | string>;
 }
 
-export function spawnRole(role: 'all' | 'api' | 'worker', env: Record<string, string>, name: string = role, options: { compiled?: boolean } = {}): ServiceProcess {
+export function spawnRole(role: 'all' | 'api' | 'worker' | 'background', env: Record<string, string>, name: string = role, options: { compiled?: boolean } = {}): ServiceProcess {
   // As the shipped launchers start them (package.json, ops/): the same code, compiled or not.
   const entry = options.compiled ? ['dist/src/run.mjs', 'dist/src/main.js'] : ['src/run.mjs', 'src/main.ts'];
   return spawnNode(['--max-semi-space-size=2', ...entry, role], env, name);

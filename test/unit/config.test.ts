@@ -27,6 +27,9 @@ describe('loadConfig', () => {
     ['SEND_WAIT_MS', '31000'],
     ['LOG_LEVEL', 'loud'],
     ['WEBSMS_DEFAULT_SENDER', 'TwelveCharsX'],
+    ['WORKER_BACKGROUND', 'maybe'],
+    ['BACKGROUND_NICE', '20'],
+    ['BACKGROUND_NICE', '-5'],
   ])('refuses %s=%s with a message naming the variable', (name, value) => {
     expect(() => loadConfig({ [name]: value })).toThrow(ConfigError);
     expect(() => loadConfig({ [name]: value })).toThrow(name);
@@ -36,6 +39,15 @@ describe('loadConfig', () => {
     expect(loadConfig({}).worker.processes).toBe(Math.max(1, availableParallelism()));
     expect(loadConfig({ WORKER_PROCESSES: '3' }).worker.processes).toBe(3);
     expect(loadConfig({ WORKER_PROCESSES: '0' }).worker.processes).toBe(0);
+  });
+
+  it('has each worker do the background work too unless WORKER_BACKGROUND is false, and runs the background process at nice 10 unless BACKGROUND_NICE says otherwise', () => {
+    expect(loadConfig({}).worker.background).toBe(true);
+    expect(loadConfig({ WORKER_BACKGROUND: 'false' }).worker.background).toBe(false);
+    expect(loadConfig({ WORKER_BACKGROUND: 'off' }).worker.background).toBe(false);
+    expect(loadConfig({}).backgroundNice).toBe(10);
+    expect(loadConfig({ BACKGROUND_NICE: '0' }).backgroundNice).toBe(0);
+    expect(loadConfig({ BACKGROUND_NICE: '19' }).backgroundNice).toBe(19);
   });
 
   it('treats empty variables as unset', () => {
