@@ -26,8 +26,7 @@ import { DEFAULT_REFRESH_CONCURRENCY } from './balance-watch/refresh-balances.ts
 import { startBalanceWatch } from '../workers/balance-worker.ts';
 import { callbackEmitPorts, startCallbackDelivery } from './callbacks/callback-delivery.ts';
 import { callbackMetricsText } from './callbacks/callback-metrics.ts';
-import { emitMessageEvents, sendOutcomeEvent, type CallbackEmitPorts } from './callbacks/emit-message-event.ts';
-import { createEventRaiser } from './callbacks/event-raiser.ts';
+import { emitMessageEvents, type CallbackEmitPorts } from './callbacks/emit-message-event.ts';
 
 // The roles a process can play: the API, a worker (sends, and by default the background work too),
 // the background work alone. All are stateless: run as many of each as needed.
@@ -157,17 +156,18 @@ export interface WorkerTasks {
 }
 
 /**
- * A worker process. Sends: the send queue's jobs, and the callback events of their outcomes, raised
- * after each job completes. The background work: delivery look-ups, callback deliveries, the sweepers
- * of lost jobs and of owed events, balance refreshes. None of it is on a send's path; by default one
+ * A worker process. Sends: the send queue's jobs. The background work: delivery look-ups, the callback
+ * events that message changes leave owed and their deliveries, the sweeper of lost jobs, balance
+ * refreshes. None of it is on a send's path; by default one
  * process does both (WORKER_BACKGROUND), and `npm start` gives the background work a process of its
  * own at a lower CPU priority (startBackground).
  */
 export async function startWorker(config: Config, logger: Logger, tasks: WorkerTasks = { send: true, background: config.worker.background }): Promise<Running> {
   const deps = await createDeps(config, logger, tasks.send ? 'worker' : 'background');
   const telemetry = createWorkerTelemetry(config.redis, config.queuePrefix, logger);
-  // Events for callers that gave a callback_url (src/callbacks): raised where their change is made
-  // (send outcomes, delivery statuses), delivered by the background work when callbacks are on.
+  // Events for callers that gave a callback_url (src/callbacks): owed by the statement that changes the
+  // message (a send's outcome, a delivery status), raised and delivered by the background work when
+  // callbacks are on.
   const callbackDelivery = tasks.background
     ? startCallbackDelivery({
         db: deps.db,
@@ -175,13 +175,10 @@ export async function startWorker(config: Config, logger: Logger, tasks: WorkerT
         settings: config.callbacks,
         redis: config.redis,
         prefix: config.queuePrefix,
-        sweeper: { intervalMs: config.sweeper.intervalMs, graceMs: config.sweeper.pendingAfterMs },
-        // Without sends of its own, every send's event is raised by another process: look often.
-        ...(tasks.send ? {} : { dispatchIntervalMs: DISPATCH_ALONE_INTERVAL_MS }),
       })
     : undefined;
   const callbackEvents = callbackEmitPorts(deps.db, logger, callbackDelivery?.dispatch);
-  const sends = tasks.send ? await startSends(config, logger, deps, telemetry, callbackEvents) : undefined;
+  const sends = tasks.send ? await startSends(config, logger, deps, telemetry) : undefined;
   const background = tasks.background ? await startBackgroundWork(config, logger, deps, telemetry, callbackEvents) : undefined;
   logger.info({ concurrency: tasks.send ? config.worker.concurrency : 0, background: tasks.background }, tasks.send ? 'worker started' : 'background work started');
 
@@ -207,9 +204,6 @@ export async function startBackground(config: Config, logger: Logger): Promise<R
   return startWorker(config, logger, { send: false, background: true });
 }
 
-/** A background process looks for due callback events this often: its only news of a send's event. */
-const DISPATCH_ALONE_INTERVAL_MS = 200;
-
 function lowerPriority(nice: number, logger: Logger): void {
   let threads: number[];
   try {
@@ -229,11 +223,10 @@ function lowerPriority(nice: number, logger: Logger): void {
   else logger.info({ nice }, 'background priority lowered');
 }
 
-/** The send queue's worker, and the events of its outcomes. */
-async function startSends(config: Config, logger: Logger, deps: Deps, telemetry: WorkerTelemetry, callbackEvents: CallbackEmitPorts): Promise<Running> {
+/** The send queue's worker. */
+async function startSends(config: Config, logger: Logger, deps: Deps, telemetry: WorkerTelemetry): Promise<Running> {
   const workerRedis = createRedis(config.redis, 'blocking', 'user-sms-worker-jobs');
   workerRedis.on('error', () => undefined);
-  const sendEvents = createEventRaiser(callbackEvents, logger);
   const worker = createSendWorker(
     {
       db: deps.db,
@@ -249,11 +242,6 @@ async function startSends(config: Config, logger: Logger, deps: Deps, telemetry:
       connection: workerRedis,
       prefix: config.queuePrefix,
       concurrency: config.worker.concurrency,
-      // Raised after the job completes: the caller's answer never waits for its callback event.
-      onFinal: (messageId, outcome, changed) => {
-        const type = sendOutcomeEvent(outcome.status);
-        if (type) sendEvents.raise(messageId, type, changed);
-      },
     },
   );
   worker.on('error', (error) => logger.warn({ err: error.message }, 'worker error'));
@@ -268,7 +256,6 @@ async function startSends(config: Config, logger: Logger, deps: Deps, telemetry:
     async stop() {
       // Waits for running jobs; a job cut off later (kill -9) comes back as stalled.
       await worker.close();
-      await sendEvents.flush();
       workerRedis.disconnect();
     },
   };

@@ -2,7 +2,6 @@ import { DelayedError, Worker, type ConnectionOptions, type Job } from 'bullmq';
 import { deliverMessage, type DeliveryDeps } from '../src/messages/deliver.ts';
 import type { DeliveryOutcome } from '../src/messages/message.ts';
 import type { Acceptance } from '../src/messages/repository.ts';
-import type { MessageSnapshot } from '../src/callbacks/callback-repository.ts';
 import { SEND_QUEUE, type SendJobData } from '../src/queue/jobs.ts';
 
 // The BullMQ side of delivery: maps each DeliveryStep onto what BullMQ does with the job next.
@@ -20,12 +19,6 @@ export interface SendWorkerOptions {
   prefix: string;
   concurrency: number;
   autorun?: boolean;
-  /**
-   * Called once a final outcome is recorded, as the job completes (src/callbacks: hands the caller's
-   * event to be raised). Must not throw or wait: the outcome's event is owed from the moment it was
-   * recorded (callback_owed), whatever becomes of this call.
-   */
-  onFinal?: (messageId: number, outcome: DeliveryOutcome, changed?: MessageSnapshot | null) => void;
 }
 
 export function createSendWorker(deps: DeliveryDeps, options: SendWorkerOptions): Worker<SendJobState, DeliveryOutcome | null> {
@@ -42,7 +35,6 @@ export function createSendWorker(deps: DeliveryDeps, options: SendWorkerOptions)
     });
     switch (step.kind) {
       case 'finished':
-        if (step.outcome) options.onFinal?.(job.data.messageId, step.outcome, step.changed);
         return step.outcome;
       case 'wait':
         await job.moveToDelayed(Date.now() + step.delayMs, token);

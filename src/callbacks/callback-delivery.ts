@@ -5,18 +5,20 @@ import { createCallbackDispatcher, type LocalDispatch } from './callback-dispatc
 import { createCallbackMetrics } from './callback-metrics.ts';
 import { createCallbackSender } from './callback-sender.ts';
 import type { CallbackSettings } from './callback-settings.ts';
-import { createCallbackSweeper } from './callback-sweeper.ts';
-import { raiseOwedEvent, type CallbackEmitPorts } from './emit-message-event.ts';
+import { raiseOwedEvents, type CallbackEmitPorts } from './emit-message-event.ts';
+import { createOwedEventRaiser } from './owed-event-raiser.ts';
 
-// Composition of the callback side of a worker process with callbacks on: the dispatcher that claims
-// and attempts due events, its sweeper of owed events, and its counters. Processes that only raise
-// events (the API, the jobs CLI) need nothing but PostgreSQL: a raised event is a due row.
+// Composition of the callback side of the background work with callbacks on: the raiser of owed
+// events, the dispatcher that claims and attempts due events, and its counters. Processes that only
+// change messages (the API, the send workers, the jobs CLI) need nothing but PostgreSQL: a change
+// leaves its event owed, and a raised event is a due row.
 
 /**
- * How often a dispatcher looks for due events nobody in its process raised (the API's, retries, leases
- * run out), by default: a worker that sends raises its own sends' events and hands them over at once.
+ * How often the raiser looks for owed events (every send's message.sent is one), and the dispatcher for
+ * due events raised elsewhere (the API's, retries, leases run out); events the raiser raises are
+ * handed to its own dispatcher at once.
  */
-const DISPATCH_INTERVAL_MS = 1_000;
+const LOOK_INTERVAL_MS = 200;
 /** A claimed event's lease beyond its attempt's timeout: then it is due again (its process died). */
 const LEASE_MARGIN_MS = 10_000;
 
@@ -26,9 +28,8 @@ export interface CallbackDeliveryOptions {
   settings: CallbackSettings;
   redis: RedisTarget;
   prefix: string;
-  sweeper: { intervalMs: number; graceMs: number };
-  /** how often to look for due events; a process whose sends' events are raised elsewhere looks more often */
-  dispatchIntervalMs?: number;
+  /** how often to look for owed and due events (default LOOK_INTERVAL_MS) */
+  intervalMs?: number;
 }
 
 export interface RunningCallbackDelivery {
@@ -55,23 +56,23 @@ export function startCallbackDelivery(options: CallbackDeliveryOptions): Running
     { db, logger, deliver: (event) => sender.deliver(event), metrics },
     {
       concurrency: settings.concurrency,
-      intervalMs: options.dispatchIntervalMs ?? DISPATCH_INTERVAL_MS,
+      intervalMs: options.intervalMs ?? LOOK_INTERVAL_MS,
       leaseMs: settings.timeoutMs + LEASE_MARGIN_MS,
       retryBackoffMs: settings.retryBackoffMs,
       retryForS: settings.retryForS,
     },
   );
   dispatcher.start();
-  const sweeper = createCallbackSweeper(
-    { db, logger, raiseOwed: (owed) => raiseOwedEvent(callbackEmitPorts(db, logger, dispatcher), owed) },
-    { intervalMs: options.sweeper.intervalMs, graceMs: options.sweeper.graceMs },
+  const raiser = createOwedEventRaiser(
+    { db, logger, raise: (owed) => raiseOwedEvents(callbackEmitPorts(db, logger, dispatcher), owed) },
+    { intervalMs: options.intervalMs ?? LOOK_INTERVAL_MS },
   );
-  sweeper.start();
+  raiser.start();
   logger.info({ concurrency: settings.concurrency, allowedHosts: settings.allowedHosts.length }, 'callback delivery started');
   return {
     dispatch: dispatcher,
     async stop() {
-      await sweeper.stop();
+      await raiser.stop();
       await dispatcher.stop();
       sender.close();
       await metrics.close();

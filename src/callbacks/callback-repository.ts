@@ -79,18 +79,23 @@ export function snapshotOf(row: SnapshotRow): MessageSnapshot | null {
 }
 
 /**
- * The message as an event describes it, when it has a callback_url. delivery_status and delivered_at
- * are read through to_jsonb so that this works with or without the delivery-status columns
- * (src/delivery/), and whatever their timestamp type.
+ * A SnapshotRow's columns of user_sms_send `m`. delivery_status and delivered_at are read through
+ * to_jsonb so that this works with or without the delivery-status columns (src/delivery/), and
+ * whatever their timestamp type.
+ */
+const SNAPSHOT_COLUMNS = sql.raw(`m.id, m.enterprise_number, m.status, m.message_id, m.custom_id, m.price, m.parts, m.amount, m.error_message,
+    m.sent_at AT TIME ZONE current_setting('TimeZone') AS sent_at,
+    to_jsonb(m) ->> 'delivery_status' AS delivery_status,
+    (to_jsonb(m) ->> 'delivered_at')::timestamptz AS delivered_at,
+    m.callback_url,
+    (m.attempts + jsonb_array_length(m.operator_actions))::int AS revision`);
+
+/**
+ * The message as an event describes it, when it has a callback_url.
  */
 export async function findMessageSnapshot(db: Db, messageId: number): Promise<MessageSnapshot | undefined> {
   const result = await sql<SnapshotRow>`
-    SELECT m.id, m.enterprise_number, m.status, m.message_id, m.custom_id, m.price, m.parts, m.amount, m.error_message,
-           m.sent_at AT TIME ZONE current_setting('TimeZone') AS sent_at,
-           to_jsonb(m) ->> 'delivery_status' AS delivery_status,
-           (to_jsonb(m) ->> 'delivered_at')::timestamptz AS delivered_at,
-           m.callback_url,
-           (m.attempts + jsonb_array_length(m.operator_actions))::int AS revision
+    SELECT ${SNAPSHOT_COLUMNS}
     FROM user_sms_send m
     WHERE m.id = ${String(messageId)} AND m.callback_url IS NOT NULL`.execute(db);
   const row = result.rows[0];
@@ -360,17 +365,34 @@ export interface OwedEvent {
   revision: number;
 }
 
-/** Markers older than graceMs: the event that should have settled them was never raised. */
-export async function findOverdueOwed(db: Db, graceMs: number, limit: number): Promise<OwedEvent[]> {
-  const result = await sql<{ message_id: string; type: string; revision: number }>`
-    SELECT message_id, type, revision FROM callback_owed
-    WHERE created_at < now() - make_interval(secs => ${graceMs / 1000})
-    ORDER BY created_at, message_id
-    LIMIT ${limit}`.execute(db);
-  return result.rows.map((row) => ({ messageId: Number(row.message_id), type: row.type, revision: row.revision }));
+/** An owed change, and its message as an event would describe it now (undefined: the message has no callback_url). */
+export interface OwedChange extends OwedEvent {
+  message: MessageSnapshot | undefined;
 }
 
-/** Forgets a marker whose message has moved on (its later change left a marker of its own). */
-export async function forgetOwed(db: Db, owed: OwedEvent): Promise<void> {
-  await sql`DELETE FROM callback_owed WHERE message_id = ${String(owed.messageId)} AND type = ${owed.type} AND revision = ${owed.revision}`.execute(db);
+/**
+ * Up to `limit` markers, oldest first, each with its message read in the same statement (one statement
+ * for a batch, however many messages it names).
+ */
+export async function findOwed(db: Db, limit: number): Promise<OwedChange[]> {
+  const result = await sql<{ owed_message_id: string; owed_type: string; owed_revision: number } & Partial<SnapshotRow>>`
+    SELECT o.message_id AS owed_message_id, o.type AS owed_type, o.revision AS owed_revision, ${SNAPSHOT_COLUMNS}
+    FROM callback_owed o LEFT JOIN user_sms_send m ON m.id = o.message_id
+    ORDER BY o.created_at, o.message_id
+    LIMIT ${limit}`.execute(db);
+  return result.rows.map((row) => ({
+    messageId: Number(row.owed_message_id),
+    type: row.owed_type,
+    revision: row.owed_revision,
+    message: row.id === undefined || row.id === null ? undefined : (snapshotOf(row as SnapshotRow) ?? undefined),
+  }));
+}
+
+/** Forgets markers whose message has moved on (each later change left a marker of its own). */
+export async function forgetOwed(db: Db, owed: readonly OwedEvent[]): Promise<void> {
+  if (owed.length === 0) return;
+  await sql`
+    DELETE FROM callback_owed o
+    USING unnest(${owed.map((e) => String(e.messageId))}::bigint[], ${owed.map((e) => e.type)}::text[], ${owed.map((e) => e.revision)}::int[]) AS f (message_id, type, revision)
+    WHERE o.message_id = f.message_id AND o.type = f.type AND o.revision = f.revision`.execute(db);
 }

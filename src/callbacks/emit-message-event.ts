@@ -2,7 +2,7 @@ import { randomUUID } from 'node:crypto';
 import type { Db } from '../db/database.ts';
 import type { Logger } from '../logger.ts';
 import type { MessageStatus } from '../db/database.ts';
-import { findMessageSnapshot, forgetOwed, insertEvent, insertEvents, type CallbackEvent, type MessageSnapshot, type NewCallbackEvent, type OwedEvent } from './callback-repository.ts';
+import { findMessageSnapshot, forgetOwed, insertEvent, insertEvents, type CallbackEvent, type MessageSnapshot, type NewCallbackEvent, type OwedChange } from './callback-repository.ts';
 import type { LocalDispatch } from './callback-dispatcher.ts';
 
 // Raising an event for a message whose caller gave a callback_url: a row in PostgreSQL, due at once,
@@ -172,19 +172,29 @@ function claimedEvent(id: number, event: NewCallbackEvent): CallbackEvent {
 }
 
 /**
- * Raises an event its message's change left owed and nobody raised (the callback sweeper calls this).
- * 'stale': the message has changed again since, so the body can no longer describe that change; its
- * later change is owed or raised in its own right, and the marker is forgotten.
+ * Raises the events that message changes left owed (callback_owed), found with their messages as they
+ * stand now (the owed-event raiser calls this for each batch it finds). A message's events are raised in
+ * the order they were owed, one per message and statement. A marker is stale when its message has
+ * changed again since (its later change is owed in its own right) or is gone: it is forgotten.
  */
-export async function raiseOwedEvent(ports: CallbackEmitPorts, owed: OwedEvent): Promise<'raised' | 'stale'> {
-  const message = await findMessageSnapshot(ports.db, owed.messageId);
-  const type = MESSAGE_EVENT_TYPES.find((known) => known === owed.type);
-  if (!message || !type || message.revision !== owed.revision) {
-    await forgetOwed(ports.db, owed);
-    return 'stale';
+export async function raiseOwedEvents(ports: CallbackEmitPorts, owed: readonly OwedChange[]): Promise<{ raised: number; stale: number }> {
+  const stale: OwedChange[] = [];
+  let rest: Array<{ type: MessageEventType; message: MessageSnapshot }> = [];
+  for (const change of owed) {
+    const type = MESSAGE_EVENT_TYPES.find((known) => known === change.type);
+    if (!change.message || !type || change.message.revision !== change.revision) stale.push(change);
+    else rest.push({ type, message: change.message });
   }
-  await emitMessageEvent(ports, owed.messageId, type);
-  return 'raised';
+  await forgetOwed(ports.db, stale);
+  let raised = 0;
+  while (rest.length > 0) {
+    const seen = new Set<number>();
+    const now = rest.filter((c) => !seen.has(c.message.id) && seen.add(c.message.id));
+    const taken = new Set(now);
+    rest = rest.filter((c) => !taken.has(c));
+    raised += await emitMessageEvents(ports, now);
+  }
+  return { raised, stale: stale.length };
 }
 
 /** The event a final send outcome raises (the send worker calls this once the outcome is recorded). */

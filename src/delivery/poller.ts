@@ -130,7 +130,7 @@ export function createDeliveryPoller(deps: DeliveryPollerDeps, options: Delivery
     try {
       await deps.onFinal?.(finals);
     } catch (error) {
-      // Their events stay owed (callback_owed): the callback sweeper raises them.
+      // Their events stay owed (callback_owed): the owed-event raiser raises them.
       deps.logger.warn({ messages: finals.length, err: error instanceof Error ? error.message : String(error) }, 'delivery status follow-up failed');
     }
   }

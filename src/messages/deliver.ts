@@ -7,7 +7,6 @@ import type { LookupOutcome, SendOutcome, WebsmsClient, WebsmsCredentials } from
 import { findEnterprise, notFoundMessage } from '../enterprises/repository.ts';
 import { parseCustomDomain } from '../enterprises/credentials.ts';
 import { recordOutcome, type DeliveryOutcome } from './message.ts';
-import type { MessageSnapshot } from '../callbacks/callback-repository.ts';
 import {
   claimForSending,
   findMessage,
@@ -81,8 +80,7 @@ export interface DeliveryAttempt {
 }
 
 export type DeliveryStep =
-  /** `changed`: the message as recording the outcome left it, for its event (null: no callback_url; absent: read it) */
-  | { kind: 'finished'; outcome: DeliveryOutcome | null; changed?: MessageSnapshot | null }
+  | { kind: 'finished'; outcome: DeliveryOutcome | null }
   /** Come back after delayMs without using a retry attempt (rate limit, a call possibly in flight). */
   | { kind: 'wait'; delayMs: number; reason: string }
   /** Run again after the retry backoff, using an attempt. */
@@ -189,9 +187,8 @@ async function settle(
       };
       deps.logger.info({ ...log, outcome: 'success', websmsMessageId: outcome.messageId, parts: outcome.parts }, 'sms sent');
       deps.metrics?.sendOutcome(claimed.enterpriseNumber, 'success');
-      let recorded: { changed: MessageSnapshot | null } | undefined;
       try {
-        recorded = await recordAccepted(deps.db, claimed.id, acceptance, deps.firstDeliveryCheckAfterMs);
+        await recordAccepted(deps.db, claimed.id, acceptance, deps.firstDeliveryCheckAfterMs);
       } catch (error) {
         // Sent and paid for: the result must not be lost, nor the message resent.
         await attempt.stashAcceptance(acceptance);
@@ -200,7 +197,6 @@ async function settle(
       return {
         kind: 'finished',
         outcome: { status: 'success', websmsMessageId: outcome.messageId, price: outcome.price, parts: outcome.parts, amount: outcome.amount, error: null },
-        ...(recorded ? { changed: recorded.changed } : {}),
       };
     }
     case 'rejected': {

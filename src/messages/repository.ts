@@ -2,7 +2,6 @@ import { randomBytes } from 'node:crypto';
 import { sql } from 'kysely';
 import type { Db, MessageStatus } from '../db/database.ts';
 import type { MessageRecord } from './message.ts';
-import { snapshotOf, type MessageSnapshot } from '../callbacks/callback-repository.ts';
 
 // All SQL on user_sms_send. Every state change is a conditional UPDATE on the current status, so
 // the state machine only moves forward whatever races between workers, the sweeper and operators.
@@ -247,11 +246,10 @@ export interface Acceptance {
 
 /**
  * sending → success. `sent_at`: when WebSMS accepted it, in the table's local-time convention. Its
- * delivery status is pending, first asked about `firstCheckAfterMs` from now. Undefined when the row was not `sending`; otherwise the message as
- * this statement left it, for its message.sent event (null: it has no callback_url, so no event and
- * no second read).
+ * delivery status is pending, first asked about `firstCheckAfterMs` from now. False when the row was
+ * not `sending`. A message with a callback_url is left owing its message.sent event (callback_owed).
  */
-export async function recordAccepted(db: Db, id: number, acceptance: Acceptance, firstCheckAfterMs?: number): Promise<{ changed: MessageSnapshot | null } | undefined> {
+export async function recordAccepted(db: Db, id: number, acceptance: Acceptance, firstCheckAfterMs?: number): Promise<boolean> {
   const row = await db
     .with('accepted', (qb) =>
       qb
@@ -271,22 +269,7 @@ export async function recordAccepted(db: Db, id: number, acceptance: Acceptance,
         })
         .where('id', '=', String(id))
         .where('status', '=', 'sending')
-        .returning([
-          'id',
-          'enterprise_number',
-          'status',
-          'delivery_status',
-          'message_id',
-          'custom_id',
-          'price',
-          'parts',
-          'amount',
-          'error_message',
-          sql<Date | null>`sent_at AT TIME ZONE current_setting('TimeZone')`.as('sent_at'),
-          'delivered_at',
-          'callback_url',
-          sql<number>`(attempts + jsonb_array_length(operator_actions))::int`.as('revision'),
-        ]),
+        .returning('id'),
     )
     // From now on its delivery status is asked about (src/delivery/): at its first check when the
     // caller knows the schedule, else due at once, and the poller schedules it from its own settings.
@@ -299,9 +282,9 @@ export async function recordAccepted(db: Db, id: number, acceptance: Acceptance,
     )
     // Columns named, not *: a statement with * is not kept prepared (database.ts).
     .selectFrom('accepted')
-    .select(['id', 'enterprise_number', 'status', 'delivery_status', 'message_id', 'custom_id', 'price', 'parts', 'amount', 'error_message', 'sent_at', 'delivered_at', 'callback_url', 'revision'])
+    .select('id')
     .executeTakeFirst();
-  return row && { changed: snapshotOf(row) };
+  return row !== undefined;
 }
 
 export interface Failure {

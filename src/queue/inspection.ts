@@ -27,7 +27,7 @@ export interface InspectionPorts {
   takeOutOfLine?: (messageId: number, enterpriseNumber: string) => Promise<void>;
   /**
    * Raises the caller's event for a message closed here (src/callbacks emitOutcomeEvent). Should it
-   * fail, the change is still owed (callback_owed) and the callback sweeper raises it.
+   * fail, the change is still owed (callback_owed) and the background work raises it.
    */
   raiseEvent?: (messageId: number, status: MessageStatus) => Promise<void>;
   /** Where a waiting message stands in its enterprise's line (src/line/standing.ts). */

@@ -52,7 +52,7 @@ describe('a worker killed mid-callback: every event is delivered by another work
     const later = await h.send({ enterprise: h.enterprises[0]! });
     expect(later.status).toBe(200);
 
-    // Lease: CALLBACK_TIMEOUT_MS (60 s) + 10 s, then the next look (1 s).
+    // Lease: CALLBACK_TIMEOUT_MS (60 s) + 10 s, then the next look (200 ms).
     const ids = answers.map((a) => String(a.json.id));
     await waitFor('every message.sent event delivered', 110_000, async () => {
       const result = await sql<{ n: string }>`

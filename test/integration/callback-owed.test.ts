@@ -5,11 +5,11 @@ import { Receiver } from '../support/callback-receiver.ts';
 import { runCli } from '../support/cli.ts';
 import { createTestEnv, DEMO_KEY, DEMO_USER, eventually, postJson, type TestEnv } from '../support/context.ts';
 
-// A message's change and its event are two writes. Whatever happens between them (a worker killed,
-// PostgreSQL lost on a job's last attempt, a delivery poller that never looks at a final row again),
-// the change itself left a marker in the same statement, and the callback sweeper raises the event.
-// Here the "worker that died in between" is played by writing the change as the worker would, and
-// raising nothing. And a cancel or a drop raises its event at once, like any final status.
+// A message's change leaves its event owed in the same statement (callback_owed), and the background
+// work raises what is owed: whoever made the change (a send worker, the delivery poller, an operator
+// with SQL) needs to do nothing more, and a process killed right after its change loses nothing.
+// Here the changes are written as a worker would write them, and nobody raises anything by hand.
+// A cancel or a drop raises its event at once, like any final status.
 
 const SECRET = `whsec_${randomBytes(32).toString('base64')}`;
 const PHONE = '+375296254070';
@@ -24,9 +24,6 @@ beforeAll(async () => {
     CALLBACK_ALLOWED_HOSTS: '127.0.0.1',
     CALLBACK_SIGNING_SECRET: SECRET,
     CALLBACK_RETRY_BACKOFF_MS: '100',
-    // The sweepers' round and grace, shortened from 30 s and 15 s.
-    SWEEP_INTERVAL_MS: '1000',
-    SWEEP_PENDING_AFTER_MS: '1000',
   });
   // 0368 sends 3 messages at once and its next ones wait in line for a minute (the default window).
   for (const number of ['0367', '0368']) await env.seedEnterprise({ number, customDomain: `${DEMO_USER} ${DEMO_KEY}` });
@@ -58,11 +55,10 @@ function typesAt(path: string): string[] {
 }
 
 describe('events owed by a message change', () => {
-  it('are raised by the sweeper when the worker that changed the message died before raising them', async () => {
+  it('are raised and delivered when the process that changed the message did nothing more', async () => {
     const id = await storedMessage(receiver.url('/died-after-send'));
-    // The send worker's final write, then nothing (killed): the change is owed, no event exists yet.
+    // The send worker's final write, then nothing (killed): the change is owed until raised.
     await sql`UPDATE user_sms_send SET status = 'success', message_id = 990001, sent_at = now(), updated_at = now() WHERE id = ${String(id)}`.execute(env.db);
-    expect(await owed(id)).toEqual(['message.sent']);
 
     const [event] = await eventually(() => (receiver.at('/died-after-send').length > 0 ? receiver.at('/died-after-send') : undefined), 20_000);
     expect(event!.verified).toBe(true);
@@ -70,18 +66,17 @@ describe('events owed by a message change', () => {
     expect(await owed(id)).toEqual([]);
   });
 
-  it('are raised for a delivery status the poller recorded and could not announce, after the send event, in order', async () => {
+  it('are raised for a send outcome and a delivery status recorded before either was raised, in order', async () => {
     const id = await storedMessage(receiver.url('/died-after-delivery'));
     await sql`UPDATE user_sms_send SET status = 'success', message_id = 990002, sent_at = now(), delivery_status = 'pending' WHERE id = ${String(id)}`.execute(env.db);
     await sql`UPDATE user_sms_send SET delivery_status = 'delivered', delivery_code = 3, delivered_at = now() WHERE id = ${String(id)}`.execute(env.db);
-    expect(await owed(id)).toEqual(['message.delivered', 'message.sent']);
 
     await eventually(() => (receiver.at('/died-after-delivery').length === 2 ? true : undefined), 20_000);
     expect(typesAt('/died-after-delivery')).toEqual(['message.sent', 'message.delivered']);
     expect(await owed(id)).toEqual([]);
   });
 
-  it('leave no marker for messages without a callback_url, nor for changes the worker announced itself', async () => {
+  it('leave no marker for messages without a callback_url, and none behind once a sent message is announced', async () => {
     const silent = await storedMessage(null);
     await sql`UPDATE user_sms_send SET status = 'failed', error_message = 'x' WHERE id = ${String(silent)}`.execute(env.db);
     expect(await owed(silent)).toEqual([]);
@@ -101,7 +96,6 @@ describe('events owed by a message change', () => {
       await sql`UPDATE user_sms_send SET status = 'pending', operator_actions = operator_actions || '[{"action":"retry"}]'::jsonb WHERE id = ${String(id)}`.execute(trx);
       await sql`UPDATE user_sms_send SET status = 'failed', error_message = 'second' WHERE id = ${String(id)}`.execute(trx);
     });
-    expect(await owed(id)).toEqual(['message.failed', 'message.failed']);
     await eventually(async () => ((await owed(id)).length === 0 && receiver.at('/moved-on').length > 0 ? true : undefined), 20_000);
     expect(receiver.at('/moved-on').map((r) => JSON.parse(r.body) as { type: string; data: { error: string } })).toMatchObject([
       { type: 'message.failed', data: { error: 'second' } },
@@ -125,7 +119,7 @@ describe('a cancel and a drop', () => {
     const { id, statusUrl } = await waitingMessage('/cancelled');
     const cancelled = await fetch(`${api}${statusUrl}`, { method: 'DELETE' });
     expect(cancelled.status).toBe(200);
-    // Raised by the cancel itself, not left to the sweeper.
+    // Raised by the cancel itself, not left to the background work.
     expect(await owed(id)).toEqual([]);
     const [event] = await eventually(() => (receiver.at('/cancelled').length > 0 ? receiver.at('/cancelled') : undefined), 20_000);
     const body = JSON.parse(event!.body) as { type: string; data: Record<string, unknown> };
