@@ -1,8 +1,8 @@
 // `npm run bench`: the measurements of ../shared/guides/benchmarks.md on an isolated service.
 //
 // Starts its own database, queue prefixes, WebSMS sandbox process, API and worker processes on free
-// 127.0.0.1 ports; measures throughput and latency beside direct-to-sandbox load, the overhead at
-// half of the maximum, CPU per message, memory, the rate limit and 10,000 enterprises; checks that
+// 127.0.0.1 ports; measures throughput and latency beside direct-to-sandbox load, the overhead one
+// request at a time and at half of the maximum, CPU per message, memory, the rate limit and 10,000 enterprises; checks that
 // every message is final, that no provider reference was sent twice and that no enterprise went
 // over its limit; writes <out>/bench-<time>.json and .svg (and latest.json / latest.svg), prints a
 // table. Exit code 1 when a check fails (a missed target is reported, not failed), 2 for bad
@@ -130,6 +130,10 @@ async function run(): Promise<number> {
       }
     }
     if (wants('overhead')) {
+      log('overhead at 0 ms, one request at a time');
+      const { samples: _idleSamples, ...idleResult } = await stack.overhead(source, 0, 'one at a time');
+      overhead.push(idleResult);
+      log(`  overhead p50 ${idleResult.overhead.p50.toFixed(1)} ms, p99 ${idleResult.overhead.p99.toFixed(1)} ms`);
       for (const t of throughput) {
         log(`overhead at ${t.latencyMs} ms, paced at ${(options.overheadLoadFraction * 100).toFixed(0)}% of ${t.service.okPerS.toFixed(0)}/s`);
         const { samples: _samples, ...result } = await stack.overhead(source, t.latencyMs, t.service.okPerS);

@@ -37,6 +37,8 @@ export interface ThroughputResult {
 
 export interface OverheadResult {
   latencyMs: number;
+  /** one request at a time on an otherwise idle service, rather than paced at a fraction of the maximum */
+  oneAtATime: boolean;
   run: RunSummary;
   /** end-to-end latency minus the sandbox latency */
   overhead: LatencySummary;
@@ -266,14 +268,20 @@ export class StackRunner {
     return { latencyMs, direct: strip(direct), service: strip(service), ratio: service.okPerS / direct.okPerS, cpu, directCpu, writes };
   }
 
-  async overhead(source: MessageSource, latencyMs: number, maxPerS: number): Promise<OverheadResult & { samples: Float64Array }> {
+  /**
+   * End to end minus the sandbox latency, paced at overheadLoadFraction of `maxPerS`, or with
+   * `maxPerS` 'one at a time': a request every 100 ms, each alone on the service (the idle case).
+   */
+  async overhead(source: MessageSource, latencyMs: number, maxPerS: number | 'one at a time'): Promise<OverheadResult & { samples: Float64Array }> {
     await this.bench.sandbox.setLatency(latencyMs);
     const { rows: ids } = await this.bench.sql.query<{ max: string | null }>('SELECT max(id) AS max FROM user_sms_send');
     const firstId = Number(ids[0]?.max ?? 0);
-    const ratePerS = Math.max(1, Math.round(maxPerS * this.options.overheadLoadFraction));
+    const oneAtATime = maxPerS === 'one at a time';
+    const ratePerS = oneAtATime ? 10 : Math.max(1, Math.round(maxPerS * this.options.overheadLoadFraction));
+    const label = oneAtATime ? `one at a time ${latencyMs} ms` : `paced ${latencyMs} ms`;
     const { result, cpu } = await this.measure(
-      () => paced({ label: `paced ${latencyMs} ms`, origin: this.service.apiUrl, source, ratePerS, durationS: this.options.durationS, maxInFlight: this.options.connections }),
-      `paced ${latencyMs} ms`,
+      () => paced({ label, origin: this.service.apiUrl, source, ratePerS, durationS: this.options.durationS, maxInFlight: oneAtATime ? 1 : this.options.connections }),
+      label,
     );
     const overhead = summarise(Array.from(result.samples, (v) => v - latencyMs));
     const { rows } = await this.bench.sql.query<{ to_claim: number[] | null; to_recorded: number[] | null }>(
@@ -284,7 +292,7 @@ export class StackRunner {
     );
     const round = (values: number[] | null | undefined) => (values ?? []).map((v) => Math.round(v * 10) / 10);
     const breakdown = { insertToClaim: round(rows[0]?.to_claim), claimToRecordedMinusSandbox: round(rows[0]?.to_recorded) };
-    return { latencyMs, run: strip(result), overhead, breakdown, cpu, samples: result.samples };
+    return { latencyMs, oneAtATime, run: strip(result), overhead, breakdown, cpu, samples: result.samples };
   }
 
   async soak(source: MessageSource, latencyMs: number, seconds: number): Promise<NonNullable<MemoryResult['soak']>> {

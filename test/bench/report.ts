@@ -63,11 +63,19 @@ export function evaluateTargets(doc: Omit<BenchDocument, 'targets' | 'checks' | 
     });
   }
   for (const o of doc.overhead) {
-    targets.push({
-      target: `overhead p50 ≤ 5 ms, p99 ≤ 25 ms at ~${num(o.run.targetRatePerS, 0)}/s (${o.latencyMs} ms sandbox)`,
-      measured: `p50 ${num(o.overhead.p50)} ms, p99 ${num(o.overhead.p99)} ms`,
-      met: o.overhead.p50 <= 5 && o.overhead.p99 <= 25,
-    });
+    targets.push(
+      o.oneAtATime
+        ? {
+            target: `overhead p50 ≤ 5 ms, one request at a time (${o.latencyMs} ms sandbox)`,
+            measured: `p50 ${num(o.overhead.p50)} ms (p99 ${num(o.overhead.p99)} ms)`,
+            met: o.overhead.p50 <= 5,
+          }
+        : {
+            target: `overhead p50 ≤ 5 ms, p99 ≤ 25 ms at ~${num(o.run.targetRatePerS, 0)}/s (${o.latencyMs} ms sandbox)`,
+            measured: `p50 ${num(o.overhead.p50)} ms, p99 ${num(o.overhead.p99)} ms`,
+            met: o.overhead.p50 <= 5 && o.overhead.p99 <= 25,
+          },
+    );
   }
   if (doc.memory) {
     const peaks: Record<string, number> = {};
@@ -196,12 +204,12 @@ export function renderTable(doc: BenchDocument): string {
     out.push('');
   }
   if (doc.overhead.length > 0) {
-    out.push(`Overhead = end-to-end − sandbox latency, paced at ${o.overheadLoadFraction * 100}% of max throughput (claim→recorded excludes the sandbox latency)`);
+    out.push(`Overhead = end-to-end − sandbox latency, one request at a time, then paced at ${o.overheadLoadFraction * 100}% of max throughput (claim→recorded excludes the sandbox latency)`);
     out.push(
       table(
         ['sandbox', 'rate/s', 'achieved', 'e2e p50', 'e2e p99', 'overhead p50', 'overhead p90', 'overhead p99', 'insert→claim p50/p99', 'claim→recorded p50/p99', 'not ok'],
         doc.overhead.map((v) => [
-          `${v.latencyMs} ms`,
+          v.oneAtATime ? `${v.latencyMs} ms, one at a time` : `${v.latencyMs} ms`,
           num(v.run.targetRatePerS, 0),
           num(v.run.okPerS, 0),
           num(v.run.latency.p50),
@@ -221,7 +229,7 @@ export function renderTable(doc: BenchDocument): string {
     out.push('CPU per message, ms (service = api + workers + background + postgres + redis; machine adds sandbox and load generator)');
     const rows = [
       ...doc.throughput.flatMap((t) => [cpuRow(`service, ${t.latencyMs} ms`, t.cpu), cpuRow(`direct, ${t.latencyMs} ms`, t.directCpu)]),
-      ...doc.overhead.map((v) => cpuRow(`paced, ${v.latencyMs} ms`, v.cpu)),
+      ...doc.overhead.map((v) => cpuRow(`${v.oneAtATime ? 'one at a time' : 'paced'}, ${v.latencyMs} ms`, v.cpu)),
     ];
     out.push(table(['run', ...GROUPS, 'service', 'machine', 'messages'], rows), '');
   }
