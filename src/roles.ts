@@ -26,7 +26,6 @@ import { DEFAULT_REFRESH_CONCURRENCY } from './balance-watch/refresh-balances.ts
 import { startBalanceWatch } from '../workers/balance-worker.ts';
 import { callbackEmitPorts, startCallbackDelivery } from './callbacks/callback-delivery.ts';
 import { callbackMetricsText } from './callbacks/callback-metrics.ts';
-import { emitMessageEvents, type CallbackEmitPorts } from './callbacks/emit-message-event.ts';
 
 // The roles a process can play: the API, a worker (sends, and by default the background work too),
 // the background work alone. All are stateless: run as many of each as needed.
@@ -141,8 +140,6 @@ export async function startApi(config: Config, logger: Logger): Promise<RunningA
   };
 }
 
-/** The callback event of each final delivery status; `unknown`: the outcome could not be established. */
-const DELIVERY_EVENTS = { delivered: 'message.delivered', undelivered: 'message.undelivered', unknown: 'message.unknown' } as const;
 
 /** A claimed delivery check not recorded within this comes back: longer than a round of look-ups takes. */
 const DELIVERY_CHECK_LEASE_MS = 10 * 60_000;
@@ -177,9 +174,8 @@ export async function startWorker(config: Config, logger: Logger, tasks: WorkerT
         prefix: config.queuePrefix,
       })
     : undefined;
-  const callbackEvents = callbackEmitPorts(deps.db, logger, callbackDelivery?.dispatch);
   const sends = tasks.send ? await startSends(config, logger, deps, telemetry) : undefined;
-  const background = tasks.background ? await startBackgroundWork(config, logger, deps, telemetry, callbackEvents) : undefined;
+  const background = tasks.background ? await startBackgroundWork(config, logger, deps, telemetry) : undefined;
   logger.info({ concurrency: tasks.send ? config.worker.concurrency : 0, background: tasks.background }, tasks.send ? 'worker started' : 'background work started');
 
   return {
@@ -262,7 +258,7 @@ async function startSends(config: Config, logger: Logger, deps: Deps, telemetry:
 }
 
 /** Delivery look-ups, the sweeper of lost jobs and the balance watch (callback delivery is started beside it). */
-async function startBackgroundWork(config: Config, logger: Logger, deps: Deps, telemetry: WorkerTelemetry, callbackEvents: CallbackEmitPorts): Promise<Running> {
+async function startBackgroundWork(config: Config, logger: Logger, deps: Deps, telemetry: WorkerTelemetry): Promise<Running> {
   const sweeper = createSweeper(
     {
       db: deps.db,
@@ -283,12 +279,10 @@ async function startBackgroundWork(config: Config, logger: Logger, deps: Deps, t
       db: deps.db,
       websms: deps.websms,
       logger,
-      onFinal: async (finals) => {
+      // A final status's callback event is owed by the statement that recorded it (callback_owed), and
+      // raised by the owed-event raiser after the message's earlier events: in order.
+      onFinal: (finals) => {
         for (const { enterpriseNumber, status, sentAt } of finals) telemetry.metrics.deliveryFinal(enterpriseNumber, status, sentAt ? Date.now() - sentAt.getTime() : null);
-        await emitMessageEvents(
-          callbackEvents,
-          finals.flatMap(({ status, message }) => (message ? [{ type: DELIVERY_EVENTS[status], message }] : [])),
-        );
       },
     },
     { ...config.deliveryPoll, leaseMs: DELIVERY_CHECK_LEASE_MS, accountConcurrency: DELIVERY_ACCOUNT_CONCURRENCY },

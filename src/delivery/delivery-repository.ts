@@ -1,5 +1,4 @@
 import { sql } from 'kysely';
-import { snapshotOf, type MessageSnapshot, type SnapshotRow } from '../callbacks/callback-repository.ts';
 import type { Db, DeliveryStatus } from '../db/database.ts';
 
 // All SQL of delivery status. The poller's queue is `delivery_due`: a narrow row per message still
@@ -76,15 +75,13 @@ export interface RecordedCheck {
   id: number;
   enterpriseNumber: string;
   deliveryStatus: DeliveryStatus;
-  /** what its callback event describes; null when it has no callback_url */
-  message: MessageSnapshot | null;
 }
 
 /**
  * Records a round's checks in one statement. Final (delivered, undelivered, or not found: unknown)
  * ends the polling; not final schedules the next check at sent_at + schedule[checks + 1], or ends as
- * `unknown` after the last. Returns the messages recorded (not those no longer pending), each as the
- * statement left it, so that the event a final status raises needs no second read.
+ * `unknown` after the last. Returns the messages recorded (not those no longer pending). A final
+ * status of a message with a callback_url leaves its event owed (callback_owed).
  */
 export async function recordChecks(db: Db, checks: ReadonlyArray<{ id: number; result: CheckResult }>, scheduleMs: readonly number[]): Promise<RecordedCheck[]> {
   if (checks.length === 0) return [];
@@ -97,7 +94,7 @@ export async function recordChecks(db: Db, checks: ReadonlyArray<{ id: number; r
   const last = scheduleMs.length;
   // The message's row takes the result; its delivery_due row is moved to the next check, or goes
   // when the status is final (or its message is no longer pending: nothing is left to ask).
-  const result = await sql<SnapshotRow & { delivery_status: DeliveryStatus }>`
+  const result = await sql<{ id: string; enterprise_number: string; delivery_status: DeliveryStatus }>`
     WITH r AS (
       SELECT id, code, final FROM unnest(${ids}::bigint[], ${codes}::smallint[], ${finals}::text[]) AS r (id, code, final)
     ), recorded AS (
@@ -108,9 +105,7 @@ export async function recordChecks(db: Db, checks: ReadonlyArray<{ id: number; r
         delivered_at = CASE WHEN r.final IS NULL THEN u.delivered_at WHEN r.final = 'unknown' THEN NULL ELSE now() END
       FROM r
       WHERE u.id = r.id AND u.delivery_status = 'pending'
-      RETURNING u.id, u.enterprise_number, u.delivery_status, u.status, u.message_id, u.custom_id, u.price, u.parts, u.amount,
-        u.error_message, ${SENT_INSTANT} AS sent_at, u.delivered_at, u.callback_url,
-        (u.attempts + jsonb_array_length(u.operator_actions))::int AS revision,
+      RETURNING u.id, u.enterprise_number, u.delivery_status,
         CASE WHEN u.delivery_status = 'pending' THEN ${SENT_INSTANT} + make_interval(secs => (${schedule})[u.delivery_checks + 1] / 1000.0) END AS next_due
     ), rescheduled AS (
       UPDATE delivery_due c SET due_at = x.next_due FROM recorded x WHERE c.message_id = x.id AND x.next_due IS NOT NULL
@@ -118,13 +113,11 @@ export async function recordChecks(db: Db, checks: ReadonlyArray<{ id: number; r
     ), finished AS (
       DELETE FROM delivery_due c USING r WHERE c.message_id = r.id AND NOT EXISTS (SELECT 1 FROM recorded x WHERE x.id = r.id AND x.next_due IS NOT NULL)
     )
-    SELECT id, enterprise_number, delivery_status, status, message_id, custom_id, price, parts, amount, error_message, sent_at, delivered_at, callback_url, revision
-    FROM recorded`.execute(db);
+    SELECT id, enterprise_number, delivery_status FROM recorded`.execute(db);
   return result.rows.map((row) => ({
     id: Number(row.id),
     enterpriseNumber: row.enterprise_number,
     deliveryStatus: row.delivery_status,
-    message: snapshotOf(row),
   }));
 }
 

@@ -1,5 +1,4 @@
 import type { Db } from '../db/database.ts';
-import type { MessageSnapshot } from '../callbacks/callback-repository.ts';
 import { findEnterprises, type Enterprise } from '../enterprises/repository.ts';
 import type { Logger } from '../logger.ts';
 import type { LookupOutcome, WebsmsClient } from '../websms/client.ts';
@@ -22,7 +21,7 @@ export interface DeliveryPollerDeps {
   db: Db;
   websms: Pick<WebsmsClient, 'lookupByMessageId' | 'lookupByCustomId'>;
   logger: Logger;
-  /** The messages whose delivery status a round made final (callbacks, metrics), all at once. */
+  /** The messages whose delivery status a round made final (metrics), all at once. */
   onFinal?: (finals: FinalDelivery[]) => Promise<void> | void;
 }
 
@@ -31,8 +30,6 @@ export interface FinalDelivery {
   enterpriseNumber: string;
   status: FinalDeliveryStatus;
   sentAt: Date | null;
-  /** the message as the recording left it, for its callback event; null: it has no callback_url */
-  message: MessageSnapshot | null;
 }
 
 export interface DeliveryPollerOptions {
@@ -124,13 +121,12 @@ export function createDeliveryPoller(deps: DeliveryPollerDeps, options: Delivery
       // Delivered is the rule (the row, /metrics and the report count it); the exceptions are logged.
       const level = status === 'delivered' ? 'debug' : 'info';
       deps.logger[level]({ messageId: check.id, enterprise: check.enterpriseNumber, deliveryStatus: status, code: lookup.kind === 'found' ? lookup.statusCode : null }, 'delivery status final');
-      finals.push({ messageId: check.id, enterpriseNumber: check.enterpriseNumber, status, sentAt: check.sentAt, message: row.message });
+      finals.push({ messageId: check.id, enterpriseNumber: check.enterpriseNumber, status, sentAt: check.sentAt });
     }
     if (finals.length === 0) return;
     try {
       await deps.onFinal?.(finals);
     } catch (error) {
-      // Their events stay owed (callback_owed): the owed-event raiser raises them.
       deps.logger.warn({ messages: finals.length, err: error instanceof Error ? error.message : String(error) }, 'delivery status follow-up failed');
     }
   }
