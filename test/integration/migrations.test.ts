@@ -6,6 +6,7 @@ import pg from 'pg';
 import { createDb, type Db } from '../../src/db/database.ts';
 import { migrateToLatest } from '../../src/db/migrate.ts';
 import * as deliveryDue from '../../migrations/2026-12-02T05-00_delivery-due.ts';
+import * as webhookIdUnindexed from '../../migrations/2026-12-03T00-00_callback-webhook-id-unindexed.ts';
 
 // Migrations meet databases the old service has used for years: they must keep its table, rows
 // and indexes exactly, and be safe to run twice and from several processes at once.
@@ -155,6 +156,25 @@ describe('migrations', () => {
       const back = await sql<{ id: string; delivery_next_check_at: Date | null }>`SELECT id, delivery_next_check_at FROM user_sms_send ORDER BY id`.execute(db);
       expect(back.rows.map((r) => r.delivery_next_check_at)).toEqual([new Date('2030-01-01T00:00:00Z'), null]);
       await deliveryDue.up(untyped);
+    } finally {
+      await db.destroy();
+    }
+  });
+
+  it('leave callback_events.webhook_id without an index, and put its unique index back on the way down', async () => {
+    const db = createDb(await emptyDatabase(), { max: 1 });
+    const eventIndexes = async () =>
+      (await sql<{ indexdef: string }>`SELECT indexdef FROM pg_indexes WHERE tablename = 'callback_events'`.execute(db)).rows.map((r) => r.indexdef);
+    try {
+      await migrateToLatest(db);
+      expect((await eventIndexes()).filter((def) => def.includes('webhook_id'))).toEqual([]);
+      // The indexes the dispatchers and the raisers use are all still there.
+      expect(await eventIndexes()).toHaveLength(5);
+
+      await webhookIdUnindexed.down(db as unknown as Kysely<unknown>);
+      expect((await eventIndexes()).filter((def) => def.includes('UNIQUE') && def.includes('(webhook_id)'))).toHaveLength(1);
+      await webhookIdUnindexed.up(db as unknown as Kysely<unknown>);
+      expect((await eventIndexes()).filter((def) => def.includes('webhook_id'))).toEqual([]);
     } finally {
       await db.destroy();
     }
