@@ -91,6 +91,19 @@ async function run(): Promise<Running[]> {
   return [api, superviseWorkers(Math.max(1, config.worker.processes))];
 }
 
+// A worker forked by `all` drains when its supervisor is gone (even killed with -9): it must not
+// run on unsupervised, and the supervisor's replacement will start its own workers. The supervisor
+// can be gone before this process has finished starting, so that is watched from the first moment
+// and acted on once there is something to drain.
+let supervisorGone: (() => void) | undefined;
+let supervisorGoneEarly = false;
+if (process.send) {
+  process.once('disconnect', () => {
+    if (supervisorGone) supervisorGone();
+    else supervisorGoneEarly = true;
+  });
+}
+
 try {
   const running = await run();
   let stopping = false;
@@ -113,9 +126,8 @@ try {
   };
   process.on('SIGTERM', () => shutdown('SIGTERM'));
   process.on('SIGINT', () => shutdown('SIGINT'));
-  // A worker forked by `all` drains when its supervisor is gone (even killed with -9): it must
-  // not run on unsupervised, and the supervisor's replacement will start its own workers.
-  if (process.send) process.once('disconnect', () => shutdown('supervisor exited'));
+  supervisorGone = () => shutdown('supervisor exited');
+  if (supervisorGoneEarly) supervisorGone();
 } catch (error) {
   logFatal(logger, error);
   process.exit(1);

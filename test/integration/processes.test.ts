@@ -141,11 +141,16 @@ describe('service processes', () => {
   it('forked worker and background processes drain and exit by themselves when their supervisor is killed with -9', async () => {
     const port = await freePort();
     const service = start('all', serviceEnv(port, { WORKER_PROCESSES: '1' }));
-    await waitForHttp(`http://127.0.0.1:${port}/health`);
-    const children = await eventually(() => (childPids(service.pid).length === 2 ? childPids(service.pid) : undefined), 30_000);
+    // Killed the moment both children exist, while they are still starting: a child must notice a
+    // supervisor that is gone before it has anything to drain, too.
+    const children = await eventually(() => (childPids(service.pid).length === 2 ? childPids(service.pid) : undefined), 30_000, 5);
     process.kill(service.pid, 'SIGKILL'); // the supervisor alone, not its process group
     await service.exited;
-    await eventually(() => (children.some(alive) ? undefined : true), 20_000);
+    try {
+      await eventually(() => (children.some(alive) ? undefined : true), 20_000);
+    } finally {
+      for (const pid of children.filter(alive)) process.kill(pid, 'SIGKILL'); // no orphan outlives a failure
+    }
   });
 
   it('runs the API and any number of workers as separate processes', async () => {
