@@ -1,7 +1,7 @@
 import type { Db } from '../db/database.ts';
 import type { Logger } from '../logger.ts';
 import type { AttemptResult, SignedEvent } from './callback-sender.ts';
-import { claimDueHeads, recordAttempts, type AttemptRecord, type CallbackEvent } from './callback-repository.ts';
+import { claimDueHeads, recordAttempts, releaseLeases, type AttemptRecord, type CallbackEvent } from './callback-repository.ts';
 
 // Delivering callback events: at least once, in order per message. The rows are the queue, as for
 // delivery look-ups (src/delivery/poller.ts): every worker process claims due events in batches
@@ -33,6 +33,10 @@ export interface CallbackMetrics {
 export interface CallbackDispatcherOptions {
   /** attempts in flight in this process (CALLBACK_CONCURRENCY) */
   concurrency: number;
+  /** events raised leased to this process that may wait for room, beyond `concurrency` (default 500) */
+  localBacklog?: number;
+  /** how long such an event may wait for room before its lease is given back (default 30 s) */
+  localWaitMs?: number;
   /** how often due events are looked for when nothing in this process raised one */
   intervalMs: number;
   /** a claimed event not recorded within this is due again: longer than an attempt can take */
@@ -45,11 +49,14 @@ export interface CallbackDispatcherOptions {
  * What a raiser in the same process uses to attempt its own events at once: it reserves room, raises
  * the events leased to itself when they are their message's head (callback-repository.ts insertEvent),
  * and hands those over. Saves each such event a claim: one statement and one write of its row.
+ * The room is more than the attempts in flight: events handed over while every attempt slot is busy
+ * wait in this process for one (a raiser's batch is hundreds of events, the slots a few dozen), and
+ * one that cannot start within localWaitMs has its lease given back, to be claimed like any other.
  */
 export interface LocalDispatch {
-  /** the lease a raised event is leased to this process for */
+  /** the lease a raised event is leased to this process for: an attempt's lease plus the wait for room */
   leaseMs: number;
-  /** Room for up to `count` attempts now; returns how many were reserved. */
+  /** Room for up to `count` events now; returns how many were reserved. */
   reserve: (count: number) => number;
   /** Gives back reserved room that was not used. */
   release: (count: number) => void;
@@ -71,6 +78,9 @@ const MAX_BACKOFF_MS = 3_600_000;
 const WAKE_DELAY_MS = 50;
 /** Attempts that end this close together are recorded in one statement. */
 const RECORD_DELAY_MS = 5;
+/** Events raised leased to this process that wait for an attempt slot (a raiser's batch at most). */
+const LOCAL_BACKLOG = 500;
+const LOCAL_WAIT_MS = 30_000;
 
 /** The wait after the `failures`-th failed attempt. */
 export function backoffAfter(failures: number, retryBackoffMs: number): number {
@@ -89,10 +99,18 @@ export function attemptRecord(event: CallbackEvent, result: AttemptResult, optio
 }
 
 export function createCallbackDispatcher(deps: CallbackDispatcherDeps, options: CallbackDispatcherOptions): CallbackDispatcher {
+  const localBacklog = options.localBacklog ?? LOCAL_BACKLOG;
+  const localWaitMs = options.localWaitMs ?? LOCAL_WAIT_MS;
   let running = false;
   /** An event raised in this process was left due rather than leased to it: claims follow records until it is claimed. */
   let leftDue = false;
+  /** attempts under way */
   let inFlight = 0;
+  /** room reserved by a raiser and not yet handed over or given back */
+  let reserved = 0;
+  /** events raised leased to this process, waiting for an attempt slot, oldest first */
+  const waiting: Array<{ event: CallbackEvent; startBy: number }> = [];
+  let releasing: Promise<void> | undefined;
   let claiming: Promise<number> | undefined;
   let claimAgain = false;
   const finished: Array<{ event: CallbackEvent; record: AttemptRecord }> = [];
@@ -112,7 +130,8 @@ export function createCallbackDispatcher(deps: CallbackDispatcherDeps, options: 
       let started = 0;
       do {
         claimAgain = false;
-        const room = options.concurrency - inFlight;
+        // Events handed over by a raiser go first: they are leased to this process already.
+        const room = options.concurrency - inFlight - waiting.length - reserved;
         if (room <= 0) break;
         const events = await claimDueHeads(deps.db, { limit: room, leaseMs: options.leaseMs });
         // Nothing due and nothing in flight that could make more due: what was left due is claimed.
@@ -129,15 +148,15 @@ export function createCallbackDispatcher(deps: CallbackDispatcherDeps, options: 
     return claiming;
   }
 
-  /** `reserved`: its room was taken by reserve() already. */
-  function startAttempt(event: CallbackEvent, reserved = false): void {
-    if (!reserved) inFlight += 1;
+  function startAttempt(event: CallbackEvent): void {
+    inFlight += 1;
     const attempt = deps
       .deliver({ webhookId: event.webhookId, url: event.url, body: event.body })
       .catch((error: unknown): AttemptResult => ({ ok: false, httpStatus: null, reason: `failed (${error instanceof Error ? error.name : 'error'})` }))
       .then((result) => {
         finished.push({ event, record: attemptRecord(event, result, options) });
         inFlight -= 1;
+        startWaiting();
         if (inFlight === 0) void record();
         else recordTimer ??= setTimeout(() => void record(), RECORD_DELAY_MS);
       });
@@ -169,6 +188,34 @@ export function createCallbackDispatcher(deps: CallbackDispatcherDeps, options: 
     // Events this process left due (their message's earlier event was in flight) may be heads now.
     if (running && leftDue) void done.then(() => schedule(0));
     return done;
+  }
+
+  /** Starts waiting events while there are free slots; gives back the lease of those that waited too long. */
+  function startWaiting(): void {
+    const late: CallbackEvent[] = [];
+    while (inFlight < options.concurrency && waiting.length > 0) {
+      const { event, startBy } = waiting.shift()!;
+      if (Date.now() > startBy) late.push(event);
+      else startAttempt(event);
+    }
+    if (late.length > 0) {
+      deps.logger.warn({ events: late.length, waitedMs: localWaitMs }, 'callback events waited too long for an attempt slot; their leases are given back');
+      giveBack(late);
+    }
+  }
+
+  /** Makes events leased to this process due now, for any process to claim (else their leases bring them back). */
+  function giveBack(events: readonly CallbackEvent[]): void {
+    const ids = events.map((e) => e.id);
+    const run = (releasing ?? Promise.resolve()).then(
+      () => releaseLeases(deps.db, ids).then(() => (running ? schedule(0) : undefined)),
+    ).catch((error: unknown) => {
+      deps.logger.warn({ events: ids.length, err: error instanceof Error ? error.message : String(error) }, 'callback leases not given back; the events are attempted when their leases end');
+    });
+    releasing = run;
+    void run.finally(() => {
+      if (releasing === run) releasing = undefined;
+    });
   }
 
   function report(event: CallbackEvent, record: AttemptRecord): void {
@@ -205,11 +252,12 @@ export function createCallbackDispatcher(deps: CallbackDispatcherDeps, options: 
     tickTimer = setTimeout(tick, options.intervalMs);
   }
 
-  /** Until every attempt under way has ended and been recorded. */
+  /** Until every attempt under way has ended and been recorded, and every lease to give back given back. */
   async function settle(): Promise<void> {
-    while (attempts.size > 0 || recording) {
+    while (attempts.size > 0 || recording || releasing) {
       await Promise.all([...attempts]);
       await recording;
+      await releasing;
     }
   }
 
@@ -220,16 +268,21 @@ export function createCallbackDispatcher(deps: CallbackDispatcherDeps, options: 
   }
 
   return {
-    leaseMs: options.leaseMs,
+    leaseMs: options.leaseMs + localWaitMs,
     reserve(count) {
-      const room = running ? Math.max(0, Math.min(count, options.concurrency - inFlight)) : 0;
-      inFlight += room;
+      const room = running ? Math.max(0, Math.min(count, options.concurrency + localBacklog - inFlight - waiting.length - reserved)) : 0;
+      reserved += room;
       return room;
     },
     release(count) {
-      inFlight -= count;
+      reserved -= count;
     },
-    adopt: (event) => startAttempt(event, true),
+    adopt(event) {
+      reserved -= 1;
+      if (running && inFlight < options.concurrency) startAttempt(event);
+      else if (running) waiting.push({ event, startBy: Date.now() + localWaitMs });
+      else giveBack([event]);
+    },
     wake: () => {
       leftDue = true;
       schedule(WAKE_DELAY_MS);
@@ -246,6 +299,8 @@ export function createCallbackDispatcher(deps: CallbackDispatcherDeps, options: 
       clearTimeout(tickTimer);
       wakeTimer = undefined;
       await claiming?.catch(() => undefined);
+      // Waiting events are given back to be claimed at once, by the next process to look.
+      if (waiting.length > 0) giveBack(waiting.splice(0).map((w) => w.event));
       // Attempts under way finish and are recorded; their events need no lease to come back.
       await settle();
     },

@@ -324,6 +324,17 @@ export async function recordAttempts(db: Db, attempts: readonly AttemptRecord[])
   return result.rows.map((row) => Number(row.id));
 }
 
+/**
+ * Gives back the leases of events this process holds and will not attempt (it is stopping, or they
+ * waited too long for an attempt slot): they are due now, for any process to claim.
+ */
+export async function releaseLeases(db: Db, eventIds: readonly number[]): Promise<void> {
+  if (eventIds.length === 0) return;
+  await sql`
+    UPDATE callback_events SET next_attempt_at = now()
+    WHERE id = ANY(${eventIds.map(String)}::bigint[]) AND status = 'pending' AND next_attempt_at > now()`.execute(db);
+}
+
 /** given_up → pending with a fresh retry window, due now (an operator's retry). */
 export async function reopenGivenUp(db: Db, eventId: number): Promise<boolean> {
   const result = await sql`

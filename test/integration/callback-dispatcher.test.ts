@@ -5,7 +5,7 @@ import { createCallbackDispatcher, type CallbackDispatcher } from '../../src/cal
 import { insertEvent, type NewCallbackEvent } from '../../src/callbacks/callback-repository.ts';
 import { parseAllowedHosts } from '../../src/callbacks/callback-hosts.ts';
 import { createCallbackSender, type CallbackSender } from '../../src/callbacks/callback-sender.ts';
-import { emitMessageEvent } from '../../src/callbacks/emit-message-event.ts';
+import { emitMessageEvent, emitMessageEvents } from '../../src/callbacks/emit-message-event.ts';
 import { Receiver } from '../support/callback-receiver.ts';
 import { createTestEnv, DEMO_KEY, DEMO_USER, eventually, type TestEnv } from '../support/context.ts';
 
@@ -30,8 +30,17 @@ afterAll(async () => {
   await receiver.stop();
 });
 
-function dispatcher(): CallbackDispatcher {
-  return createCallbackDispatcher({ db: env.db, logger: env.logger, deliver: (event) => sender.deliver(event) }, OPTIONS);
+function dispatcher(options: Partial<typeof OPTIONS> & { localWaitMs?: number } = {}, via: CallbackSender = sender): CallbackDispatcher {
+  return createCallbackDispatcher({ db: env.db, logger: env.logger, deliver: (event) => via.deliver(event) }, { ...OPTIONS, ...options });
+}
+
+/** A message's change as a raiser hands it over: the message as the change left it. */
+function change(id: number, path: string) {
+  const message = {
+    id, enterpriseNumber: '0367', status: 'success', deliveryStatus: 'pending', websmsMessageId: 1, customId: null, price: null, parts: null,
+    amount: null, error: null, sentAt: new Date(), deliveredAt: null, callbackUrl: receiver.url(path), revision: 1,
+  };
+  return { type: 'message.sent' as const, message };
 }
 
 async function message(path: string): Promise<number> {
@@ -108,6 +117,69 @@ describe('the callback dispatcher', () => {
       expect(receiver.at('/own')).toHaveLength(1);
     } finally {
       await d.stop();
+    }
+  });
+
+  it('takes a whole raised batch leased to it, more than its attempt slots, and attempts the rest as slots free, with no claim', async () => {
+    const d = dispatcher(); // 4 slots, and its next look for due events a minute away
+    d.start();
+    try {
+      const ids: number[] = [];
+      for (let i = 0; i < 10; i++) ids.push(await message(`/batch${i}`));
+      expect(await emitMessageEvents({ db: env.db, logger: env.logger, dispatch: d }, ids.map((id, i) => change(id, `/batch${i}`)))).toBe(10);
+      // Every one leased to this process, none left due for a claim.
+      for (const id of ids) {
+        const [raised] = await rows(id);
+        expect(raised!.next_attempt_at.getTime()).toBeGreaterThan(raised!.created_at.getTime() + 30_000);
+      }
+      await eventually(async () => ((await Promise.all(ids.map(rows))).every(([r]) => r?.status === 'delivered') ? true : undefined));
+      ids.forEach((_, i) => expect(receiver.at(`/batch${i}`)).toHaveLength(1));
+    } finally {
+      await d.stop();
+    }
+  });
+
+  it('gives back the lease of a raised event that waited too long for a slot: it is claimed and delivered', async () => {
+    const quick = createCallbackSender({ allowedHosts: parseAllowedHosts('127.0.0.1'), signingSecret: SECRET, timeoutMs: 300 });
+    const d = dispatcher({ concurrency: 1, localWaitMs: 100 }, quick);
+    receiver.setAlways('/stuck', 'hang');
+    d.start();
+    try {
+      const [stuck, behind] = [await message('/stuck'), await message('/behind')];
+      await emitMessageEvents({ db: env.db, logger: env.logger, dispatch: d }, [change(stuck, '/stuck'), change(behind, '/behind')]);
+      // The one slot is the hanging receiver's until its timeout; the event behind it gives its lease back
+      // then and is claimed (the dispatcher's own look is a minute away).
+      await eventually(async () => ((await rows(behind))[0]?.status === 'delivered' ? true : undefined));
+      expect(receiver.at('/behind')).toHaveLength(1);
+      expect((await rows(stuck)).map((r) => [r.status, r.attempts])).toEqual([['pending', 1]]);
+      expect(env.logLines().some((line) => line.includes('waited too long for an attempt slot'))).toBe(true);
+    } finally {
+      await d.stop();
+      quick.close();
+      receiver.setAlways('/stuck', undefined);
+    }
+  });
+
+  it('gives back the leases of raised events still waiting for a slot when it stops', async () => {
+    const quick = createCallbackSender({ allowedHosts: parseAllowedHosts('127.0.0.1'), signingSecret: SECRET, timeoutMs: 300 });
+    const d = dispatcher({ concurrency: 1 }, quick);
+    receiver.setAlways('/held', 'hang');
+    d.start();
+    try {
+      const [held, waiting] = [await message('/held'), await message('/waiting')];
+      await emitMessageEvents({ db: env.db, logger: env.logger, dispatch: d }, [change(held, '/held'), change(waiting, '/waiting')]);
+      await d.stop();
+      // The attempt under way ended and was recorded; the waiting event is due now, never attempted.
+      expect((await rows(held)).map((r) => [r.status, r.attempts])).toEqual([['pending', 1]]);
+      const [due] = await rows(waiting);
+      expect(due).toMatchObject({ status: 'pending', attempts: 0 });
+      const { now } = (await sql<{ now: Date }>`SELECT now() AS now`.execute(env.db)).rows[0]!;
+      expect(due!.next_attempt_at.getTime()).toBeLessThanOrEqual(now.getTime());
+      expect(receiver.at('/waiting')).toHaveLength(0);
+    } finally {
+      await d.stop();
+      quick.close();
+      receiver.setAlways('/held', undefined);
     }
   });
 });
