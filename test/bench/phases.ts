@@ -105,13 +105,17 @@ export interface RateLimitResult {
  * The cost of delivery status and callbacks: the same closed loop on two stacks, one that never asks
  * WebSMS about delivery and raises no callback, one that asks about every message (the sandbox
  * reports it final within 0.3 s, so one look-up each) and delivers two callbacks per message
- * (message.sent, message.delivered) to a receiver in the bench process.
+ * (message.sent, message.delivered) to a receiver in a process of its own. The two take turns over
+ * several rounds, so that a machine whose speed drifts does not favour either.
  */
 export interface DeliveryCostResult {
   latencyMs: number;
+  /** each round: the baseline's run, then the same run with delivery */
+  rounds: Array<{ baselineOkPerS: number; withDeliveryOkPerS: number; ratio: number }>;
+  /** the round whose ratio is the median: its runs, CPU and writes are the ones below */
   baseline: RunSummary;
   withDelivery: RunSummary;
-  /** withDelivery ok/s ÷ baseline ok/s */
+  /** the median of the rounds' withDelivery ok/s ÷ baseline ok/s */
   throughputRatio: number;
   /** CPU per message includes the look-ups and callbacks, finished after the load */
   cpuBaseline: CpuPerMessage;
@@ -196,7 +200,8 @@ export class StackRunner {
   private readonly options: BenchOptions;
   readonly checks: CheckResult[] = [];
 
-  constructor(bench: Bench, service: Service, ledger: SendLedger, options: BenchOptions, redisPid: number | undefined) {
+  /** `standIns`: processes beside the sandbox that stand for the world outside (a callback receiver) */
+  constructor(bench: Bench, service: Service, ledger: SendLedger, options: BenchOptions, redisPid: number | undefined, standIns: readonly number[] = []) {
     this.bench = bench;
     this.service = service;
     this.ledger = ledger;
@@ -206,7 +211,7 @@ export class StackRunner {
       api: [service.api.pid],
       workers: service.workers.map((w) => w.pid),
       background: [service.background.pid],
-      sandbox: [bench.sandbox.process.pid],
+      sandbox: [bench.sandbox.process.pid, ...standIns],
       redis: redisPid === undefined ? [] : [redisPid],
       postgres: await findPostgresBackends(bench.sql, database),
     }));
@@ -565,7 +570,8 @@ export async function startStack(
   options: BenchOptions,
   ledger: SendLedger,
   redisPid: number | undefined,
+  standIns: readonly number[] = [],
 ): Promise<StackRunner> {
   const service = await startService(bench, name, workers, env, options.logLevel);
-  return new StackRunner(bench, service, ledger, options, redisPid);
+  return new StackRunner(bench, service, ledger, options, redisPid, standIns);
 }

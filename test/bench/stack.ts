@@ -1,7 +1,5 @@
 import { randomBytes } from 'node:crypto';
 import { mkdirSync } from 'node:fs';
-import { createServer } from 'node:http';
-import type { AddressInfo } from 'node:net';
 import { resolve } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import pg from 'pg';
@@ -305,25 +303,21 @@ async function waitForWorkers(workers: ServiceProcess[], started = 'worker start
   }
 }
 
-/** A callback receiver for the delivery phase: takes every POST with 204 and counts them. */
-export async function startCallbackCounter(): Promise<{ url: string; received(): number; close(): Promise<void> }> {
-  let received = 0;
-  const server = createServer((req, res) => {
-    req.resume();
-    req.on('end', () => {
-      received += 1;
-      res.writeHead(204).end();
-    });
-  });
-  await new Promise<void>((done) => server.listen(0, '127.0.0.1', done));
-  const { port } = server.address() as AddressInfo;
+/** A callback receiver for the delivery phase, in a process of its own (callback-counter.ts). */
+export async function startCallbackReceiver(): Promise<{ url: string; pid: number; close(): Promise<void> }> {
+  const port = await freePort();
+  const receiver = spawnNode(['src/run.mjs', 'test/bench/callback-counter.ts'], { RECEIVER_PORT: String(port) }, 'receiver');
+  try {
+    await waitForHttp(`http://127.0.0.1:${port}/`, 30_000, [204]);
+  } catch (error) {
+    await receiver.stop(5_000);
+    throw error;
+  }
   return {
     url: `http://127.0.0.1:${port}/events`,
-    received: () => received,
-    close: () =>
-      new Promise<void>((done) => {
-        server.closeAllConnections();
-        server.close(() => done());
-      }),
+    pid: receiver.pid,
+    close: async () => {
+      await receiver.stop(5_000);
+    },
   };
 }

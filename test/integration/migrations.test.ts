@@ -7,6 +7,7 @@ import { createDb, type Db } from '../../src/db/database.ts';
 import { migrateToLatest } from '../../src/db/migrate.ts';
 import * as deliveryDue from '../../migrations/2026-12-02T05-00_delivery-due.ts';
 import * as webhookIdUnindexed from '../../migrations/2026-12-03T00-00_callback-webhook-id-unindexed.ts';
+import * as sendFillfactor from '../../migrations/2026-12-03T01-00_user-sms-send-fillfactor.ts';
 
 // Migrations meet databases the old service has used for years: they must keep its table, rows
 // and indexes exactly, and be safe to run twice and from several processes at once.
@@ -175,6 +176,40 @@ describe('migrations', () => {
       expect((await eventIndexes()).filter((def) => def.includes('UNIQUE') && def.includes('(webhook_id)'))).toHaveLength(1);
       await webhookIdUnindexed.up(db as unknown as Kysely<unknown>);
       expect((await eventIndexes()).filter((def) => def.includes('webhook_id'))).toEqual([]);
+    } finally {
+      await db.destroy();
+    }
+  });
+
+  it("leave a fifth of user_sms_send's new pages free for its rows' later versions, a storage setting only, taken back on the way down", async () => {
+    const db = createDb(await emptyDatabase(), { max: 1 });
+    const options = async () =>
+      (await sql<{ reloptions: string[] | null }>`SELECT reloptions FROM pg_class WHERE oid = 'user_sms_send'::regclass`.execute(db)).rows[0]?.reloptions ?? [];
+    try {
+      await migrateToLatest(db);
+      expect(await options()).toEqual(['fillfactor=80']);
+      // A page filled as full as it is allowed to be still takes several of its rows' delivery statuses
+      // beside them (HOT updates: the new version stays on the page, with no index entry); packed
+      // full, none: every new version goes to another page.
+      const hotUpdatesOnFirstPage = async () => {
+        await sql`TRUNCATE user_sms_send CASCADE`.execute(db);
+        await sql`
+          INSERT INTO user_sms_send (enterprise_number, phone, text, status, provider_ref)
+          SELECT '0367', '+375290000001', repeat('x', 120), 'success', 'hot' || n FROM generate_series(1, 400) n`.execute(db);
+        const onFirstPage = sql`(ctid::text::point)[0] = 0`;
+        return db.transaction().execute(async (trx) => {
+          await sql`UPDATE user_sms_send SET delivery_status = 'delivered', delivery_code = 3, delivered_at = now() WHERE ${onFirstPage}`.execute(trx);
+          const { rows } = await sql<{ stayed: string }>`SELECT count(*) AS stayed FROM user_sms_send WHERE ${onFirstPage}`.execute(trx);
+          return Number(rows[0]?.stayed ?? 0);
+        });
+      };
+      expect(await hotUpdatesOnFirstPage()).toBeGreaterThanOrEqual(4);
+
+      await sendFillfactor.down(db as unknown as Kysely<unknown>);
+      expect(await options()).toEqual([]);
+      expect(await hotUpdatesOnFirstPage()).toBe(0);
+      await sendFillfactor.up(db as unknown as Kysely<unknown>);
+      expect(await options()).toEqual(['fillfactor=80']);
     } finally {
       await db.destroy();
     }
