@@ -219,21 +219,22 @@ export function createCallbackDispatcher(deps: CallbackDispatcherDeps, options: 
   }
 
   function report(event: CallbackEvent, record: AttemptRecord): void {
-    const log = { messageId: event.messageId, eventId: event.id, type: event.type, host: hostOf(event.url), attempt: event.attempts + 1 };
+    const log = () => ({ messageId: event.messageId, eventId: event.id, type: event.type, host: hostOf(event.url), attempt: event.attempts + 1 });
     if (record.outcome === 'delivered') {
       deps.metrics?.delivered(event.type);
       // The event's row records it (npm run jobs -- callbacks --state delivered), /metrics counts it.
-      deps.logger.debug({ ...log, httpStatus: record.httpStatus }, 'callback delivered');
+      // The line is made only when it is logged: parsing the URL for its host is the dearest part of this.
+      if (deps.logger.isLevelEnabled('debug')) deps.logger.debug({ ...log(), httpStatus: record.httpStatus }, 'callback delivered');
       return;
     }
     deps.metrics?.failedAttempt(event.type);
     if (record.outcome === 'given_up') {
       deps.metrics?.givenUp(event.type);
-      deps.logger.error({ ...log, reason: record.error }, 'callback given up: retry window over (npm run jobs -- callbacks)');
+      deps.logger.error({ ...log(), reason: record.error }, 'callback given up: retry window over (npm run jobs -- callbacks)');
       return;
     }
     const retryInMs = (record.nextAttemptAt?.getTime() ?? Date.now()) - Date.now();
-    deps.logger.warn({ ...log, reason: record.error, retryInMs }, 'callback not delivered; will retry');
+    deps.logger.warn({ ...log(), reason: record.error, retryInMs }, 'callback not delivered; will retry');
     // This process looks again when it is due, whatever the interval.
     if (retryInMs < options.intervalMs) setTimeout(() => schedule(0), Math.max(0, retryInMs)).unref();
   }

@@ -120,7 +120,9 @@ export function createDeliveryPoller(deps: DeliveryPollerDeps, options: Delivery
       const { check, lookup } = byId.get(row.id)!;
       // Delivered is the rule (the row, /metrics and the report count it); the exceptions are logged.
       const level = status === 'delivered' ? 'debug' : 'info';
-      deps.logger[level]({ messageId: check.id, enterprise: check.enterpriseNumber, deliveryStatus: status, code: lookup.kind === 'found' ? lookup.statusCode : null }, 'delivery status final');
+      if (deps.logger.isLevelEnabled(level)) {
+        deps.logger[level]({ messageId: check.id, enterprise: check.enterpriseNumber, deliveryStatus: status, code: lookup.kind === 'found' ? lookup.statusCode : null }, 'delivery status final');
+      }
       finals.push({ messageId: check.id, enterpriseNumber: check.enterpriseNumber, status, sentAt: check.sentAt });
     }
     if (finals.length === 0) return;
