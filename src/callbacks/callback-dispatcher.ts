@@ -54,14 +54,16 @@ export interface CallbackDispatcherOptions {
  * one that cannot start within localWaitMs has its lease given back, to be claimed like any other.
  */
 export interface LocalDispatch {
-  /** the lease a raised event is leased to this process for: an attempt's lease plus the wait for room */
-  leaseMs: number;
-  /** Room for up to `count` events now; returns how many were reserved. */
-  reserve: (count: number) => number;
+  /**
+   * Room for up to `count` events now: the lease to raise each reserved one with, in order. The first
+   * get a free attempt slot and an attempt's lease; the rest wait for a slot, and their lease covers
+   * the wait (so that a process that dies brings back the first ones as soon as it would have anyway).
+   */
+  reserve: (count: number) => number[];
   /** Gives back reserved room that was not used. */
   release: (count: number) => void;
-  /** Attempts an event raised leased to this process, in room reserved for it. */
-  adopt: (event: CallbackEvent) => void;
+  /** Attempts an event raised leased to this process for `leaseMs` (from reserve), in room reserved for it. */
+  adopt: (event: CallbackEvent, leaseMs: number) => void;
   /** An event was raised and left due: look for due events shortly (raises close together share one look). */
   wake: () => void;
 }
@@ -269,19 +271,22 @@ export function createCallbackDispatcher(deps: CallbackDispatcherDeps, options: 
   }
 
   return {
-    leaseMs: options.leaseMs + localWaitMs,
     reserve(count) {
-      const room = running ? Math.max(0, Math.min(count, options.concurrency + localBacklog - inFlight - waiting.length - reserved)) : 0;
+      if (!running) return [];
+      const free = Math.max(0, options.concurrency - inFlight - waiting.length - reserved);
+      const room = Math.max(0, Math.min(count, options.concurrency + localBacklog - inFlight - waiting.length - reserved));
       reserved += room;
-      return room;
+      return Array.from({ length: room }, (_, i) => (i < free ? options.leaseMs : options.leaseMs + localWaitMs));
     },
     release(count) {
       reserved -= count;
     },
-    adopt(event) {
+    adopt(event, leaseMs) {
       reserved -= 1;
+      // An event whose lease has no room for a wait starts now or is given back at once.
+      const mayWaitMs = leaseMs - options.leaseMs;
       if (running && inFlight < options.concurrency) startAttempt(event);
-      else if (running) waiting.push({ event, startBy: Date.now() + localWaitMs });
+      else if (running && mayWaitMs > 0) waiting.push({ event, startBy: Date.now() + mayWaitMs });
       else giveBack([event]);
     },
     wake: () => {

@@ -148,26 +148,31 @@ export async function insertEvent(db: Db, event: NewCallbackEvent, options: Rais
 }
 
 /**
- * insertEvent for several messages in one statement, at most one event per message (a delivery poll
- * round's final statuses); `claims` of them (the first ones) may be leased to the raiser. Changes
- * already raised are left out.
+ * insertEvent for several messages in one statement, at most one event per message (a batch of owed
+ * changes). The first ones may be leased to the raiser: `claims` of them for `claimForMs`, or as many
+ * as `claimsForMs` names, each for its own lease. Changes already raised are left out.
  */
-export async function insertEvents(db: Db, events: readonly NewCallbackEvent[], options: RaiseOptions & { claims?: number } = {}): Promise<Array<{ id: number; messageId: number; claimed: boolean }>> {
+export async function insertEvents(
+  db: Db,
+  events: readonly NewCallbackEvent[],
+  options: RaiseOptions & { claims?: number; claimsForMs?: readonly number[] } = {},
+): Promise<Array<{ id: number; messageId: number; claimed: boolean }>> {
   if (events.length === 0) return [];
   if (new Set(events.map((e) => e.messageId)).size !== events.length) throw new Error('insertEvents takes at most one event per message');
-  const claimS = options.claimForMs === undefined ? null : options.claimForMs / 1000;
-  const claimable = new Set(events.slice(0, options.claimForMs === undefined ? 0 : (options.claims ?? events.length)).map((e) => e.messageId));
+  const { claimForMs } = options;
+  const leasesMs = options.claimsForMs ?? (claimForMs === undefined ? [] : Array<number>(options.claims ?? events.length).fill(claimForMs));
+  const claimS = new Map(events.slice(0, leasesMs.length).map((e, i) => [e.messageId, leasesMs[i]! / 1000]));
   // Locks in message order: two statements over the same messages never wait on each other crosswise.
   const sorted = [...events].sort((a, b) => a.messageId - b.messageId);
   const column = <T>(pick: (e: NewCallbackEvent) => T) => sorted.map(pick);
   // Columns named, never *: a statement with * is not kept prepared (database.ts).
   const result = await sql<{ id: string; message_id: string; claimed: boolean }>`
     WITH input AS (
-      SELECT message_id, type, revision, webhook_id, url, body, created_at, claim, position
+      SELECT message_id, type, revision, webhook_id, url, body, created_at, claim_s, position
       FROM unnest(${column((e) => String(e.messageId))}::bigint[], ${column((e) => e.type)}::text[], ${column((e) => e.revision)}::int[],
                            ${column((e) => e.webhookId)}::text[], ${column((e) => e.url)}::text[], ${column((e) => e.body)}::text[],
-                           ${column((e) => e.createdAt.toISOString())}::timestamptz[], ${column((e) => claimable.has(e.messageId))}::boolean[])
-        WITH ORDINALITY AS i (message_id, type, revision, webhook_id, url, body, created_at, claim, position)
+                           ${column((e) => e.createdAt.toISOString())}::timestamptz[], ${column((e) => claimS.get(e.messageId) ?? null)}::float8[])
+        WITH ORDINALITY AS i (message_id, type, revision, webhook_id, url, body, created_at, claim_s, position)
     ), earlier AS (
       SELECT e.message_id FROM callback_events e JOIN input i ON e.message_id = i.message_id
       WHERE e.status = 'pending' ORDER BY e.message_id, e.id FOR UPDATE OF e
@@ -176,8 +181,8 @@ export async function insertEvents(db: Db, events: readonly NewCallbackEvent[], 
     )
     INSERT INTO callback_events (message_id, type, revision, webhook_id, url, body, created_at, window_start_at, next_attempt_at)
     SELECT message_id, type, revision, webhook_id, url, body, created_at, created_at,
-           CASE WHEN claim AND NOT EXISTS (SELECT 1 FROM earlier WHERE earlier.message_id = input.message_id)
-                THEN now() + make_interval(secs => ${claimS}::float8) ELSE created_at END
+           CASE WHEN claim_s IS NOT NULL AND NOT EXISTS (SELECT 1 FROM earlier WHERE earlier.message_id = input.message_id)
+                THEN now() + make_interval(secs => claim_s) ELSE created_at END
     FROM input ORDER BY position
     ON CONFLICT (message_id, type, revision) DO NOTHING
     RETURNING id, message_id, next_attempt_at > created_at AS claimed`.execute(db);

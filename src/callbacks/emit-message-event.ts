@@ -81,7 +81,7 @@ export async function emitMessageEvent(ports: CallbackEmitPorts, messageId: numb
   if (!message) return { kind: 'no-callback' };
   const at = new Date();
   const event = newEvent(type, message, at);
-  const [inserted] = await raise(ports, [event], async (claimForMs) => {
+  const [inserted] = await raise(ports, [event], async ([claimForMs]) => {
     const row = await insertEvent(ports.db, event, { claimForMs });
     return row ? [{ ...row, messageId: event.messageId }] : [];
   });
@@ -113,39 +113,40 @@ export async function emitMessageEvents(ports: CallbackEmitPorts, changes: Reado
   if (changes.length === 0) return 0;
   const at = new Date();
   const events = changes.map(({ type, message }) => newEvent(type, message, at));
-  const inserted = await raise(ports, events, (claimForMs, claims) => insertEvents(ports.db, events, { claimForMs, claims }));
+  const inserted = await raise(ports, events, (leasesMs) => insertEvents(ports.db, events, { claimsForMs: leasesMs }));
   ports.logger.debug({ recorded: inserted.length }, 'callback events raised');
   return inserted.length;
 }
 
 /**
- * Inserts events (`insert`), leased to this process's dispatcher for as many as it has room for; those
- * leased are handed to it, the others are left due (and the dispatcher woken to look for them).
+ * Inserts events (`insert`), leased to this process's dispatcher for as many as it has room for (each
+ * for the lease reserve() names); those leased are handed to it, the others are left due (and the
+ * dispatcher woken to look for them).
  */
 async function raise(
   ports: CallbackEmitPorts,
   events: readonly NewCallbackEvent[],
-  insert: (claimForMs: number | undefined, claims: number) => Promise<Array<{ id: number; messageId: number; claimed: boolean }>>,
+  insert: (leasesMs: readonly number[]) => Promise<Array<{ id: number; messageId: number; claimed: boolean }>>,
 ): Promise<Array<{ id: number; messageId: number; claimed: boolean }>> {
   const dispatch = ports.dispatch;
-  const reserved = dispatch?.reserve(events.length) ?? 0;
+  const leases = dispatch?.reserve(events.length) ?? [];
   let inserted: Array<{ id: number; messageId: number; claimed: boolean }>;
   try {
-    inserted = await insert(reserved > 0 ? dispatch?.leaseMs : undefined, reserved);
+    inserted = await insert(leases);
   } catch (error) {
-    dispatch?.release(reserved);
+    dispatch?.release(leases.length);
     throw error;
   }
   if (!dispatch) return inserted;
-  const byMessage = new Map(events.map((e) => [e.messageId, e]));
+  const byMessage = new Map(events.map((e, position) => [e.messageId, { event: e, leaseMs: leases[position] }]));
   let adopted = 0;
   for (const row of inserted) {
-    const event = byMessage.get(row.messageId);
-    if (!row.claimed || !event) continue;
-    dispatch.adopt(claimedEvent(row.id, event));
+    const raised = byMessage.get(row.messageId);
+    if (!row.claimed || raised?.leaseMs === undefined) continue;
+    dispatch.adopt(claimedEvent(row.id, raised.event), raised.leaseMs);
     adopted += 1;
   }
-  dispatch.release(reserved - adopted);
+  dispatch.release(leases.length - adopted);
   if (inserted.length > adopted) dispatch.wake();
   return inserted;
 }
