@@ -43,6 +43,8 @@ export interface CallbackDispatcherOptions {
   leaseMs: number;
   retryBackoffMs: number;
   retryForS: number;
+  /** how long finished attempts may gather before they are recorded (default RECORD_DELAY_MS) */
+  recordDelayMs?: number;
 }
 
 /**
@@ -78,8 +80,15 @@ export interface CallbackDispatcher extends LocalDispatch {
 const MAX_BACKOFF_MS = 3_600_000;
 /** Raises this close together share one claim: a few more ms before a callback, far fewer statements. */
 const WAKE_DELAY_MS = 50;
-/** Attempts that end this close together are recorded in one statement. */
-const RECORD_DELAY_MS = 5;
+/**
+ * Attempts that end within this of the first one not yet recorded are recorded in one statement, so
+ * that a steady stream of callbacks costs PostgreSQL a statement every RECORD_DELAY_MS, not one per
+ * few attempts. It delays only the row's update (the receiver has its answer) and the claim of the
+ * message's next event; a process that dies meanwhile has its events attempted again, as ever.
+ */
+const RECORD_DELAY_MS = 50;
+/** A batch this large is recorded without waiting for the delay. */
+const RECORD_BATCH = 200;
 /** Events raised leased to this process that wait for an attempt slot (a raiser's batch at most). */
 const LOCAL_BACKLOG = 500;
 const LOCAL_WAIT_MS = 30_000;
@@ -103,6 +112,7 @@ export function attemptRecord(event: CallbackEvent, result: AttemptResult, optio
 export function createCallbackDispatcher(deps: CallbackDispatcherDeps, options: CallbackDispatcherOptions): CallbackDispatcher {
   const localBacklog = options.localBacklog ?? LOCAL_BACKLOG;
   const localWaitMs = options.localWaitMs ?? LOCAL_WAIT_MS;
+  const recordDelayMs = options.recordDelayMs ?? RECORD_DELAY_MS;
   let running = false;
   /** An event raised in this process was left due rather than leased to it: claims follow records until it is claimed. */
   let leftDue = false;
@@ -159,32 +169,39 @@ export function createCallbackDispatcher(deps: CallbackDispatcherDeps, options: 
         finished.push({ event, record: attemptRecord(event, result, options) });
         inFlight -= 1;
         startWaiting();
-        if (inFlight === 0) void record();
-        else recordTimer ??= setTimeout(() => void record(), RECORD_DELAY_MS);
+        recordSoon();
       });
     attempts.add(attempt);
     void attempt.finally(() => attempts.delete(attempt));
   }
 
-  /** Records every finished attempt in one statement per batch (then claims, while an event raised here waits behind another). */
+  /**
+   * Records the finished attempts now when nothing else is under way (so that `settle` ends with every
+   * outcome recorded) or the batch is full, else once the record delay has gathered more.
+   */
+  function recordSoon(): void {
+    if (finished.length === 0 || recording) return; // a recording under way looks again when it ends
+    if (inFlight === 0 || finished.length >= RECORD_BATCH) void record();
+    else recordTimer ??= setTimeout(() => void record(), recordDelayMs);
+  }
+
+  /** Records every finished attempt in one statement (then claims, while an event raised here waits behind another). */
   function record(): Promise<void> {
     clearTimeout(recordTimer);
     recordTimer = undefined;
     recording ??= (async () => {
-      while (finished.length > 0) {
-        const batch = finished.splice(0);
-        try {
-          await recordAttempts(deps.db, batch.map((b) => b.record));
-          for (const { event, record } of batch) report(event, record);
-        } catch (error) {
-          // Their leases bring them back: attempted again, with the same webhook-id.
-          deps.logger.warn({ events: batch.length, err: error instanceof Error ? error.message : String(error) }, 'callback attempts not recorded; they are attempted again when their lease ends');
-        }
+      const batch = finished.splice(0);
+      try {
+        await recordAttempts(deps.db, batch.map((b) => b.record));
+        for (const { event, record } of batch) report(event, record);
+      } catch (error) {
+        // Their leases bring them back: attempted again, with the same webhook-id.
+        deps.logger.warn({ events: batch.length, err: error instanceof Error ? error.message : String(error) }, 'callback attempts not recorded; they are attempted again when their lease ends');
       }
     })().finally(() => {
       recording = undefined;
-      // Attempts that ended while this batch was being closed.
-      if (finished.length > 0) void record();
+      // Attempts that ended while this batch was being recorded.
+      recordSoon();
     });
     const done = recording;
     // Events this process left due (their message's earlier event was in flight) may be heads now.

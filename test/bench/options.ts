@@ -19,7 +19,7 @@ export interface BenchOptions {
   workers: number;
   /** WORKER_CONCURRENCY of every worker process; undefined: the service's default */
   workerConcurrency: number | undefined;
-  /** the load of the overhead run, as a fraction of the service's max throughput at that latency */
+  /** the load of the paced runs (overhead phase, delivery phase), as a fraction of the service's max throughput there */
   overheadLoadFraction: number;
   /** length of the soak run (RSS at 10 s vs at the end); 0 skips it */
   soakS: number;
@@ -59,7 +59,7 @@ const HELP = `npm run bench -- [options]
   --enterprises <n>         enterprises the throughput load cycles through (default 30000)
   --workers <n>             worker processes for the throughput runs (default 2)
   --worker-concurrency <n>  WORKER_CONCURRENCY (default: the service's own default)
-  --overhead-load <f>       overhead run load as a fraction of max throughput (default 0.5)
+  --overhead-load <f>       load of the paced runs (overhead phase, delivery phase) as a fraction of max throughput (default 0.5)
   --soak <s>                soak run: memory at 10 s vs at the end; 0 = skip (default 60; quick 0)
   --backlog <n>             rate-limit backlog for one enterprise (default 30)
   --rate-workers <n>        worker processes for the rate-limit phase (default 3)

@@ -35,6 +35,12 @@ export interface ThroughputResult {
   writes: PgWritesPerMessage;
 }
 
+/** p50, p90, p99 in ms of a send's two hops inside the service, from its row */
+export interface LatencyBreakdown {
+  insertToClaim: number[];
+  claimToRecordedMinusSandbox: number[];
+}
+
 export interface OverheadResult {
   latencyMs: number;
   /** one request at a time on an otherwise idle service, rather than paced at a fraction of the maximum */
@@ -48,7 +54,7 @@ export interface OverheadResult {
    * minus the sandbox latency, the outcome UPDATE). The rest of the end-to-end time is the API before
    * the insert and after the outcome (job completion, event stream, answer).
    */
-  breakdown: { insertToClaim: number[]; claimToRecordedMinusSandbox: number[] };
+  breakdown: LatencyBreakdown;
   cpu: CpuPerMessage;
 }
 
@@ -129,8 +135,10 @@ export interface DeliveryCostResult {
   callbacksReceived: number;
   /** from the end of the load until every look-up and callback was done */
   drainMs: number;
-  /** the send latency at a steady rate, half of the baseline's: what a caller sees when the machine is not saturated */
+  /** the send latency at a steady rate, a share of the baseline's (--overhead-load, half by default): what a caller sees when the machine is not saturated */
   pacedRatePerS: number;
+  /** each paced round's p50 without and with delivery; pacedBaseline and pacedWithDelivery are the round whose p50 grew by the median */
+  pacedRounds: Array<{ baselineP50: number; withDeliveryP50: number; baselineBreakdown: LatencyBreakdown; withDeliveryBreakdown: LatencyBreakdown }>;
   pacedBaseline: RunSummary;
   pacedWithDelivery: RunSummary;
 }
@@ -289,6 +297,15 @@ export class StackRunner {
       label,
     );
     const overhead = summarise(Array.from(result.samples, (v) => v - latencyMs));
+    const breakdown = await this.breakdown(firstId, latencyMs);
+    return { latencyMs, oneAtATime, run: strip(result), overhead, breakdown, cpu, samples: result.samples };
+  }
+
+  /**
+   * Where the time of the successful sends since `firstId` went, from the rows' own timestamps: p50,
+   * p90, p99 of insert → the worker's claim, and of claim → outcome recorded less the sandbox latency.
+   */
+  async breakdown(firstId: number, latencyMs: number): Promise<LatencyBreakdown> {
     const { rows } = await this.bench.sql.query<{ to_claim: number[] | null; to_recorded: number[] | null }>(
       `SELECT percentile_cont(ARRAY[0.5, 0.9, 0.99]) WITHIN GROUP (ORDER BY extract(epoch FROM claimed_at - (created_at AT TIME ZONE current_setting('TimeZone'))) * 1000) AS to_claim,
               percentile_cont(ARRAY[0.5, 0.9, 0.99]) WITHIN GROUP (ORDER BY extract(epoch FROM updated_at - claimed_at) * 1000 - $2) AS to_recorded
@@ -296,8 +313,7 @@ export class StackRunner {
       [firstId, latencyMs],
     );
     const round = (values: number[] | null | undefined) => (values ?? []).map((v) => Math.round(v * 10) / 10);
-    const breakdown = { insertToClaim: round(rows[0]?.to_claim), claimToRecordedMinusSandbox: round(rows[0]?.to_recorded) };
-    return { latencyMs, oneAtATime, run: strip(result), overhead, breakdown, cpu, samples: result.samples };
+    return { insertToClaim: round(rows[0]?.to_claim), claimToRecordedMinusSandbox: round(rows[0]?.to_recorded) };
   }
 
   async soak(source: MessageSource, latencyMs: number, seconds: number): Promise<NonNullable<MemoryResult['soak']>> {

@@ -81,6 +81,44 @@ describe('the callback dispatcher', () => {
     }
   });
 
+  it('records attempts that end while another is under way together, in one statement, once the last has ended', async () => {
+    // Counts the statements that record attempts (callback-repository.ts recordAttempts), as they are sent.
+    let recordStatements = 0;
+    const counted = env.db.withPlugin({
+      transformQuery: (args) => {
+        if (args.node.kind === 'RawNode' && args.node.sqlFragments.join('?').includes('last_http_status = r.http_status')) recordStatements += 1;
+        return args.node;
+      },
+      transformResult: (args) => Promise.resolve(args.result),
+    });
+    let openGate: () => void = () => undefined;
+    const gate = new Promise<void>((resolve) => (openGate = resolve));
+    // The last event's attempt ends only when the test says so; the others' end as they are answered.
+    const d = createCallbackDispatcher(
+      { db: counted, logger: env.logger, deliver: async (e) => {
+        const result = await sender.deliver(e);
+        if (e.url.endsWith('/gather-last')) await gate;
+        return result;
+      } },
+      { ...OPTIONS, recordDelayMs: 60_000 },
+    );
+    const paths = ['/gather-1', '/gather-2', '/gather-last'];
+    const ids: number[] = [];
+    for (const path of paths) {
+      const id = await message(path);
+      ids.push(id);
+      await insertEvent(env.db, event(id, path, 'message.sent'));
+    }
+    const pass = d.runOnce();
+    await eventually(() => (paths.every((path) => receiver.at(path).length === 1) ? true : undefined));
+    // Both others answered, the last attempt still under way: nothing recorded yet.
+    expect((await Promise.all(ids.map(rows))).map(([r]) => r?.status)).toEqual(['pending', 'pending', 'pending']);
+    openGate();
+    expect(await pass).toBe(3);
+    expect((await Promise.all(ids.map(rows))).map(([r]) => r?.status)).toEqual(['delivered', 'delivered', 'delivered']);
+    expect(recordStatements).toBe(1);
+  });
+
   it('keeps a failed attempt for its retry, and gives the event up once its window is over', async () => {
     const d = dispatcher();
     receiver.setAlways('/down', 'fail500');
