@@ -62,8 +62,8 @@ export interface LocalDispatch {
    * the wait (so that a process that dies brings back the first ones as soon as it would have anyway).
    */
   reserve: (count: number) => number[];
-  /** Gives back reserved room that was not used. */
-  release: (count: number) => void;
+  /** Gives back reserved room that was not used: the leases reserve() named for it. */
+  release: (leasesMs: readonly number[]) => void;
   /** Attempts an event raised leased to this process for `leaseMs` (from reserve), in room reserved for it. */
   adopt: (event: CallbackEvent, leaseMs: number) => void;
   /** An event was raised and left due: look for due events shortly (raises close together share one look). */
@@ -118,8 +118,13 @@ export function createCallbackDispatcher(deps: CallbackDispatcherDeps, options: 
   let leftDue = false;
   /** attempts under way */
   let inFlight = 0;
-  /** room reserved by a raiser and not yet handed over or given back */
-  let reserved = 0;
+  /**
+   * Room reserved by a raiser and not yet handed over or given back: attempt slots promised to events
+   * leased for an attempt (nothing else may take them meanwhile, or such an event would find none),
+   * and places in the wait for those leased for the wait.
+   */
+  let promisedSlots = 0;
+  let reservedWaits = 0;
   /** events raised leased to this process, waiting for an attempt slot, oldest first */
   const waiting: Array<{ event: CallbackEvent; startBy: number }> = [];
   let releasing: Promise<void> | undefined;
@@ -143,7 +148,7 @@ export function createCallbackDispatcher(deps: CallbackDispatcherDeps, options: 
       do {
         claimAgain = false;
         // Events handed over by a raiser go first: they are leased to this process already.
-        const room = options.concurrency - inFlight - waiting.length - reserved;
+        const room = options.concurrency - inFlight - waiting.length - promisedSlots - reservedWaits;
         if (room <= 0) break;
         const events = await claimDueHeads(deps.db, { limit: room, leaseMs: options.leaseMs });
         // Nothing due and nothing in flight that could make more due: what was left due is claimed.
@@ -212,7 +217,7 @@ export function createCallbackDispatcher(deps: CallbackDispatcherDeps, options: 
   /** Starts waiting events while there are free slots; gives back the lease of those that waited too long. */
   function startWaiting(): void {
     const late: CallbackEvent[] = [];
-    while (inFlight < options.concurrency && waiting.length > 0) {
+    while (inFlight + promisedSlots < options.concurrency && waiting.length > 0) {
       const { event, startBy } = waiting.shift()!;
       if (Date.now() > startBy) late.push(event);
       else startAttempt(event);
@@ -290,20 +295,34 @@ export function createCallbackDispatcher(deps: CallbackDispatcherDeps, options: 
   return {
     reserve(count) {
       if (!running) return [];
+      const reserved = promisedSlots + reservedWaits;
       const free = Math.max(0, options.concurrency - inFlight - waiting.length - reserved);
       const room = Math.max(0, Math.min(count, options.concurrency + localBacklog - inFlight - waiting.length - reserved));
-      reserved += room;
-      return Array.from({ length: room }, (_, i) => (i < free ? options.leaseMs : options.leaseMs + localWaitMs));
+      const slots = Math.min(free, room);
+      promisedSlots += slots;
+      reservedWaits += room - slots;
+      return Array.from({ length: room }, (_, i) => (i < slots ? options.leaseMs : options.leaseMs + localWaitMs));
     },
-    release(count) {
-      reserved -= count;
+    release(leasesMs) {
+      for (const leaseMs of leasesMs) {
+        if (leaseMs > options.leaseMs) reservedWaits -= 1;
+        else promisedSlots -= 1;
+      }
+      // A promised slot given back may be a waiting event's.
+      if (running) startWaiting();
     },
     adopt(event, leaseMs) {
-      reserved -= 1;
-      // An event whose lease has no room for a wait starts now or is given back at once.
       const mayWaitMs = leaseMs - options.leaseMs;
-      if (running && inFlight < options.concurrency) startAttempt(event);
-      else if (running && mayWaitMs > 0) waiting.push({ event, startBy: Date.now() + mayWaitMs });
+      if (mayWaitMs <= 0) {
+        // Leased for an attempt: its slot was kept for it. It starts now (given back if stopping).
+        promisedSlots -= 1;
+        if (running && inFlight < options.concurrency) startAttempt(event);
+        else giveBack([event]);
+        return;
+      }
+      reservedWaits -= 1;
+      if (running && waiting.length === 0 && inFlight + promisedSlots < options.concurrency) startAttempt(event);
+      else if (running) waiting.push({ event, startBy: Date.now() + mayWaitMs });
       else giveBack([event]);
     },
     wake: () => {

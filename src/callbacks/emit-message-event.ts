@@ -134,20 +134,20 @@ async function raise(
   try {
     inserted = await insert(leases);
   } catch (error) {
-    dispatch?.release(leases.length);
+    dispatch?.release(leases);
     throw error;
   }
   if (!dispatch) return inserted;
-  const byMessage = new Map(events.map((e, position) => [e.messageId, { event: e, leaseMs: leases[position] }]));
-  let adopted = 0;
+  const byMessage = new Map(events.map((e, position) => [e.messageId, { event: e, position, leaseMs: leases[position] }]));
+  const unused = new Set(leases.keys());
   for (const row of inserted) {
     const raised = byMessage.get(row.messageId);
     if (!row.claimed || raised?.leaseMs === undefined) continue;
     dispatch.adopt(claimedEvent(row.id, raised.event), raised.leaseMs);
-    adopted += 1;
+    unused.delete(raised.position);
   }
-  dispatch.release(leases.length - adopted);
-  if (inserted.length > adopted) dispatch.wake();
+  dispatch.release([...unused].map((position) => leases[position]!));
+  if (inserted.length > leases.length - unused.size) dispatch.wake();
   return inserted;
 }
 

@@ -180,6 +180,43 @@ describe('the callback dispatcher', () => {
     }
   });
 
+  it('keeps the slot it promised an event leased for an attempt, even when one leased for the wait is handed over first', async () => {
+    // Counts the statements that give leases back (callback-repository.ts releaseLeases).
+    let givenBack = 0;
+    const counted = env.db.withPlugin({
+      transformQuery: (args) => {
+        if (args.node.kind === 'RawNode' && args.node.sqlFragments.join('?').includes('next_attempt_at > now()')) givenBack += 1;
+        return args.node;
+      },
+      transformResult: (args) => Promise.resolve(args.result),
+    });
+    const d = createCallbackDispatcher({ db: counted, logger: env.logger, deliver: (e) => sender.deliver(e) }, { ...OPTIONS, concurrency: 1 });
+    d.start();
+    try {
+      // One slot: the first event is leased for an attempt, the second for the wait as well.
+      const leases = d.reserve(2);
+      expect(leases).toEqual([OPTIONS.leaseMs, OPTIONS.leaseMs + 30_000]);
+      const raised: Array<{ id: number; messageId: number; path: string; leaseMs: number }> = [];
+      for (const [i, path] of ['/promised', '/queued'].entries()) {
+        const messageId = await message(path);
+        const row = await insertEvent(env.db, event(messageId, path, 'message.sent'), { claimForMs: leases[i] });
+        raised.push({ id: row!.id, messageId, path, leaseMs: leases[i]! });
+      }
+      // A raiser hands its events over in the order its insert returned them, not the order of the leases.
+      for (const r of [...raised].reverse()) {
+        d.adopt({ ...event(r.messageId, r.path, 'message.sent'), id: r.id, status: 'pending', attempts: 0, windowStartAt: new Date(), nextAttemptAt: new Date(), lastAttemptAt: null, lastError: null, lastHttpStatus: null, finishedAt: null }, r.leaseMs);
+      }
+      await eventually(async () => ((await Promise.all(raised.map((r) => rows(r.messageId)))).every(([row]) => row?.status === 'delivered') ? true : undefined));
+      // Each attempted once, by this process, the promised one first: no lease was given back.
+      expect(receiver.at('/promised')).toHaveLength(1);
+      expect(receiver.at('/queued')).toHaveLength(1);
+      expect(receiver.at('/promised')[0]!.at).toBeLessThanOrEqual(receiver.at('/queued')[0]!.at);
+      expect(givenBack).toBe(0);
+    } finally {
+      await d.stop();
+    }
+  });
+
   it('gives back the lease of a raised event that waited too long for a slot: it is claimed and delivered', async () => {
     const quick = createCallbackSender({ allowedHosts: parseAllowedHosts('127.0.0.1'), signingSecret: SECRET, timeoutMs: 300 });
     const d = dispatcher({ concurrency: 1, localWaitMs: 100 }, quick);
