@@ -56,6 +56,19 @@ function event(messageId: number, path: string, type: string): NewCallbackEvent 
   return { messageId, type, revision: 0, webhookId: `msg_${randomBytes(8).toString('hex')}`, url: receiver.url(path), body: JSON.stringify({ type }), createdAt: new Date() };
 }
 
+/** The test database, counting the statements it sends whose text contains `fragment`. */
+function counting(fragment: string): { db: typeof env.db; count: () => number } {
+  let count = 0;
+  const db = env.db.withPlugin({
+    transformQuery: (args) => {
+      if (args.node.kind === 'RawNode' && args.node.sqlFragments.join('?').includes(fragment)) count += 1;
+      return args.node;
+    },
+    transformResult: (args) => Promise.resolve(args.result),
+  });
+  return { db, count: () => count };
+}
+
 async function rows(messageId: number) {
   return (await sql<{ id: string; type: string; status: string; attempts: number; last_http_status: number | null; next_attempt_at: Date; created_at: Date }>`
     SELECT id, type, status, attempts, last_http_status, next_attempt_at, created_at FROM callback_events WHERE message_id = ${String(messageId)} ORDER BY id`.execute(env.db)).rows;
@@ -82,20 +95,13 @@ describe('the callback dispatcher', () => {
   });
 
   it('records attempts that end while another is under way together, in one statement, once the last has ended', async () => {
-    // Counts the statements that record attempts (callback-repository.ts recordAttempts), as they are sent.
-    let recordStatements = 0;
-    const counted = env.db.withPlugin({
-      transformQuery: (args) => {
-        if (args.node.kind === 'RawNode' && args.node.sqlFragments.join('?').includes('last_http_status = r.http_status')) recordStatements += 1;
-        return args.node;
-      },
-      transformResult: (args) => Promise.resolve(args.result),
-    });
+    // The statements that record attempts (callback-repository.ts recordAttempts).
+    const records = counting('last_http_status = r.http_status');
     let openGate: () => void = () => undefined;
     const gate = new Promise<void>((resolve) => (openGate = resolve));
     // The last event's attempt ends only when the test says so; the others' end as they are answered.
     const d = createCallbackDispatcher(
-      { db: counted, logger: env.logger, deliver: async (e) => {
+      { db: records.db, logger: env.logger, deliver: async (e) => {
         const result = await sender.deliver(e);
         if (e.url.endsWith('/gather-last')) await gate;
         return result;
@@ -116,7 +122,7 @@ describe('the callback dispatcher', () => {
     openGate();
     expect(await pass).toBe(3);
     expect((await Promise.all(ids.map(rows))).map(([r]) => r?.status)).toEqual(['delivered', 'delivered', 'delivered']);
-    expect(recordStatements).toBe(1);
+    expect(records.count()).toBe(1);
   });
 
   it('keeps a failed attempt for its retry, and gives the event up once its window is over', async () => {
@@ -181,16 +187,9 @@ describe('the callback dispatcher', () => {
   });
 
   it('keeps the slot it promised an event leased for an attempt, even when one leased for the wait is handed over first', async () => {
-    // Counts the statements that give leases back (callback-repository.ts releaseLeases).
-    let givenBack = 0;
-    const counted = env.db.withPlugin({
-      transformQuery: (args) => {
-        if (args.node.kind === 'RawNode' && args.node.sqlFragments.join('?').includes('next_attempt_at > now()')) givenBack += 1;
-        return args.node;
-      },
-      transformResult: (args) => Promise.resolve(args.result),
-    });
-    const d = createCallbackDispatcher({ db: counted, logger: env.logger, deliver: (e) => sender.deliver(e) }, { ...OPTIONS, concurrency: 1 });
+    // The statements that give leases back (callback-repository.ts releaseLeases).
+    const givenBack = counting('next_attempt_at > now()');
+    const d = createCallbackDispatcher({ db: givenBack.db, logger: env.logger, deliver: (e) => sender.deliver(e) }, { ...OPTIONS, concurrency: 1 });
     d.start();
     try {
       // One slot: the first event is leased for an attempt, the second for the wait as well.
@@ -211,7 +210,7 @@ describe('the callback dispatcher', () => {
       expect(receiver.at('/promised')).toHaveLength(1);
       expect(receiver.at('/queued')).toHaveLength(1);
       expect(receiver.at('/promised')[0]!.at).toBeLessThanOrEqual(receiver.at('/queued')[0]!.at);
-      expect(givenBack).toBe(0);
+      expect(givenBack.count()).toBe(0);
     } finally {
       await d.stop();
     }
