@@ -111,7 +111,8 @@ export function attemptRecord(event: CallbackEvent, result: AttemptResult, optio
 
 export function createCallbackDispatcher(deps: CallbackDispatcherDeps, options: CallbackDispatcherOptions): CallbackDispatcher {
   const localBacklog = options.localBacklog ?? LOCAL_BACKLOG;
-  const localWaitMs = options.localWaitMs ?? LOCAL_WAIT_MS;
+  // At least 1 ms: a lease longer than an attempt's is what tells an event leased for the wait.
+  const localWaitMs = Math.max(1, options.localWaitMs ?? LOCAL_WAIT_MS);
   const recordDelayMs = options.recordDelayMs ?? RECORD_DELAY_MS;
   let running = false;
   /** An event raised in this process was left due rather than leased to it: claims follow records until it is claimed. */
