@@ -15,7 +15,7 @@ import { join } from 'node:path';
 import { limitViolations, SendLedger, successMatchesSandbox, waitForFinalStates, type CheckResult } from './checks.ts';
 import { renderChart, type LatencySeries } from './chart.ts';
 import { closedLoop, paced, roundRobinSource, type LoadResult, type MessageSource } from './load.ts';
-import { describeWrites, findRedisPid } from './measurements.ts';
+import { describeRoundTrips, describeWrites, findRedisPid, measureRoundTrips } from './measurements.ts';
 import { parseOptions, usage, type BenchOptions } from './options.ts';
 import { describeShares, summariseProfiles } from './profile-summary.ts';
 import { startStack, type StackRunner, type DeliveryCostResult, type LatencyBreakdown, type LinesResult, type MemoryResult, type OverheadResult, type RateLimitResult, type ScaleResult, type ThroughputResult } from './phases.ts';
@@ -95,6 +95,8 @@ async function run(): Promise<number> {
   const notes: string[] = [];
   const redisPid = await findRedisPid(bench.redis);
   if (redisPid === undefined) notes.push('Redis CPU not measured: its process is not visible from here.');
+  const roundTrip = await measureRoundTrips(bench.sql, bench.redis, redisPid);
+  log(`one round trip at a time, before any load: ${describeRoundTrips(roundTrip)}`);
   const concurrency: Record<string, string> = options.workerConcurrency === undefined ? {} : { WORKER_CONCURRENCY: String(options.workerConcurrency) };
 
   const throughput: ThroughputResult[] = [];
@@ -280,7 +282,7 @@ async function run(): Promise<number> {
       startedAt: startedAt.toISOString(),
       finishedAt: finishedAt.toISOString(),
       durationS: Math.round((finishedAt.getTime() - startedAt.getTime()) / 1000),
-      host: { cpus: os.cpus().length, model: os.cpus()[0]?.model ?? '?', loadAverage: os.loadavg(), node: process.versions.node, platform: `${os.platform()} ${os.release()}` },
+      host: { cpus: os.cpus().length, model: os.cpus()[0]?.model ?? '?', loadAverage: os.loadavg(), node: process.versions.node, platform: `${os.platform()} ${os.release()}`, roundTrip },
       commit: gitCommit(),
       options: shownOptions,
       notes,

@@ -1,4 +1,6 @@
-import { execFileSync } from 'node:child_process';
+import { execFileSync, spawn } from 'node:child_process';
+import { once } from 'node:events';
+import { cpus } from 'node:os';
 import { readFileSync } from 'node:fs';
 import type pg from 'pg';
 import type { Redis } from 'ioredis';
@@ -228,4 +230,76 @@ export function describeWrites(writes: PgWritesPerMessage): string {
 export async function redisCommandCount(redis: Redis): Promise<number> {
   const info = await redis.info('stats');
   return Number(/^total_commands_processed:(\d+)/m.exec(info)?.[1] ?? 0);
+}
+
+/** What one request and its answer between two processes cost on this machine, measured one at a time. */
+export interface RoundTripCost {
+  /** µs from the request's send to the answer's arrival */
+  wallUs: number;
+  /** µs of CPU per round trip in the asking process (the bench) */
+  clientCpuUs: number;
+  /** µs of CPU per round trip in the answering process; null when it is not visible from here */
+  serverCpuUs: number | null;
+}
+
+export interface RoundTripCosts {
+  /** with the machine idle: every hop wakes a process whose CPU may be asleep */
+  idle: { postgres: RoundTripCost; redis: RoundTripCost };
+  /** with every CPU kept busy by a spinning process of the lowest priority: the CPUs never sleep */
+  busy: { postgres: RoundTripCost; redis: RoundTripCost };
+}
+
+const ROUND_TRIPS = 2_000;
+const WARM_UP_ROUND_TRIPS = 200;
+
+/**
+ * The machine's price of a hop, read before any load: a trivial statement to PostgreSQL and a PING to
+ * Redis, one at a time, first with the machine idle, then with every CPU kept awake. A message's path
+ * is a chain of such hops (HTTP, statements, Redis scripts, a worker woken), so this is what the idle
+ * overhead and the CPU per message are made of before any work is done. It differs widely between
+ * machines, and on one machine between idle and busy: on a virtual machine a hop that wakes a sleeping
+ * virtual CPU can cost several times one between busy CPUs. Figures from different hosts compare only
+ * beside it.
+ */
+export async function measureRoundTrips(sql: pg.Client, redis: Redis, redisPid: number | undefined): Promise<RoundTripCosts> {
+  const statement = { name: 'bench-round-trip', text: 'SELECT 1' };
+  const backend = Number((await sql.query<{ pid: number }>('SELECT pg_backend_pid() AS pid')).rows[0]?.pid);
+  const both = async () => ({
+    postgres: await timeRoundTrips(async () => void (await sql.query(statement)), backend),
+    redis: await timeRoundTrips(async () => void (await redis.ping()), redisPid),
+  });
+  const idle = await both();
+  const spinners = cpus().map(() => spawn(process.execPath, ['-e', SPIN], { stdio: 'ignore' }));
+  try {
+    await Promise.all(spinners.map((child) => once(child, 'spawn')));
+    return { idle, busy: await both() };
+  } finally {
+    for (const child of spinners) child.kill('SIGKILL');
+  }
+}
+
+/** A process that only keeps a CPU awake, at nice 19: it takes what nothing else wants. */
+const SPIN = "require('node:os').setPriority(19); for (;;);";
+
+async function timeRoundTrips(roundTrip: () => Promise<void>, serverPid: number | undefined): Promise<RoundTripCost> {
+  for (let i = 0; i < WARM_UP_ROUND_TRIPS; i += 1) await roundTrip();
+  const serverStart = serverPid === undefined ? undefined : cpuSeconds(serverPid);
+  const clientStart = process.cpuUsage();
+  const started = performance.now();
+  for (let i = 0; i < ROUND_TRIPS; i += 1) await roundTrip();
+  const wallUs = ((performance.now() - started) * 1_000) / ROUND_TRIPS;
+  const client = process.cpuUsage(clientStart);
+  const serverEnd = serverPid === undefined ? undefined : cpuSeconds(serverPid);
+  return {
+    wallUs,
+    clientCpuUs: (client.user + client.system) / ROUND_TRIPS,
+    serverCpuUs: serverStart === undefined || serverEnd === undefined ? null : ((serverEnd - serverStart) * 1e6) / ROUND_TRIPS,
+  };
+}
+
+/** "idle: PostgreSQL 323 µs (CPU 181 + 105 µs), Redis …; CPUs busy: …" */
+export function describeRoundTrips(costs: RoundTripCosts): string {
+  const one = (name: string, c: RoundTripCost) => `${name} ${c.wallUs.toFixed(0)} µs (CPU ${c.clientCpuUs.toFixed(0)}${c.serverCpuUs === null ? '' : ` + ${c.serverCpuUs.toFixed(0)}`} µs)`;
+  const both = (c: RoundTripCosts['idle']) => `${one('PostgreSQL', c.postgres)}, ${one('Redis', c.redis)}`;
+  return `idle: ${both(costs.idle)}; CPUs busy: ${both(costs.busy)} (CPU: the asking process + the server)`;
 }

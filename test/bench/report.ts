@@ -1,6 +1,6 @@
 import type { CheckResult } from './checks.ts';
 import type { LatencySummary } from './load.ts';
-import { GROUPS } from './measurements.ts';
+import { describeRoundTrips, GROUPS, type RoundTripCosts } from './measurements.ts';
 import type { BenchOptions } from './options.ts';
 import type { ProfileShares } from './profile-summary.ts';
 import type { CpuPerMessage, DeliveryCostResult, LinesResult, MemoryResult, MemorySample, OverheadResult, RateLimitResult, ScaleResult, ThroughputResult } from './phases.ts';
@@ -13,7 +13,15 @@ export interface BenchDocument {
     startedAt: string;
     finishedAt: string;
     durationS: number;
-    host: { cpus: number; model: string; loadAverage: number[]; node: string; platform: string };
+    host: {
+      cpus: number;
+      model: string;
+      loadAverage: number[];
+      node: string;
+      platform: string;
+      /** the machine's price of one hop, measured before the load (absent in documents from before it was measured) */
+      roundTrip?: RoundTripCosts;
+    };
     commit: string | null;
     options: Omit<BenchOptions, 'databaseUrl' | 'redisUrl'>;
     notes: string[];
@@ -187,6 +195,7 @@ export function renderTable(doc: BenchDocument): string {
   const out: string[] = [];
   const o = doc.meta.options;
   out.push(`user-sms-dispatcher benchmark — ${doc.meta.startedAt}, ${doc.meta.host.cpus} CPUs, Node ${doc.meta.host.node}, commit ${doc.meta.commit ?? '?'}`);
+  if (doc.meta.host.roundTrip) out.push(`one round trip at a time on this machine, before the load: ${describeRoundTrips(doc.meta.host.roundTrip)}`);
   out.push(`${o.connections} clients, ${o.durationS} s per run, ${o.workers} worker processes, ${o.enterprises} enterprises (limit 3 per 60 s, real)\n`);
 
   if (doc.throughput.length > 0) {
