@@ -149,6 +149,12 @@ export async function deliverMessage(deps: DeliveryDeps, attempt: DeliveryAttemp
   }
 
   const callStartedMs = performance.now();
+  // The call is over, whatever it answered: the next message of the enterprise may go at its slot.
+  // Should Redis not answer now, the turn lapses by itself (turnTtlMs); the outcome must still be recorded.
+  const endTheTurn = () =>
+    endTurn(deps.line, attempt.enterpriseNumber, id).catch((error: unknown) =>
+      deps.logger.warn({ messageId: id, err: error instanceof Error ? error.message : String(error) }, 'could not end the turn in the line; it lapses by itself'),
+    );
   let outcome: SendOutcome;
   try {
     outcome = await deps.websms.send(credentials, {
@@ -157,15 +163,20 @@ export async function deliverMessage(deps: DeliveryDeps, attempt: DeliveryAttemp
       sender: claimed.sender ?? deps.defaultSender,
       customId: claimed.providerRef,
     });
-  } finally {
-    // The call is over, whatever it answered: the next message of the enterprise may go at its slot.
-    // Should Redis not answer now, the turn lapses by itself (turnTtlMs); the outcome must still be recorded.
-    await endTurn(deps.line, attempt.enterpriseNumber, id).catch((error: unknown) =>
-      deps.logger.warn({ messageId: id, err: error instanceof Error ? error.message : String(error) }, 'could not end the turn in the line; it lapses by itself'),
-    );
+  } catch (error) {
+    await endTheTurn();
+    throw error;
   }
   deps.metrics?.websmsCall(performance.now() - callStartedMs, outcome.kind);
-  return settle(deps, attempt, claimed, credentials, outcome);
+  // The turn's end (Redis) and the outcome's record (PostgreSQL) depend on nothing of each other: made
+  // at once, they cost the send one hop less. Both are done before the run ends, so a retry or the
+  // line's next run never finds this turn still open.
+  const turnEnded = endTheTurn();
+  try {
+    return await settle(deps, attempt, claimed, credentials, outcome);
+  } finally {
+    await turnEnded;
+  }
 }
 
 async function settle(
