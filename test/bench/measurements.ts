@@ -278,8 +278,12 @@ export async function measureRoundTrips(sql: pg.Client, redis: Redis, redisPid: 
   }
 }
 
-/** A process that only keeps a CPU awake, at nice 19: it takes what nothing else wants. */
-const SPIN = "require('node:os').setPriority(19); for (;;);";
+/**
+ * A process that only keeps a CPU awake, at nice 19: it takes what nothing else wants. It stops by
+ * itself after SPIN_LIMIT_MS, so a bench interrupted mid-measurement leaves none spinning.
+ */
+const SPIN_LIMIT_MS = 30_000;
+const SPIN = `require('node:os').setPriority(19); const end = Date.now() + ${SPIN_LIMIT_MS}; while (Date.now() < end);`;
 
 async function timeRoundTrips(roundTrip: () => Promise<void>, serverPid: number | undefined): Promise<RoundTripCost> {
   for (let i = 0; i < WARM_UP_ROUND_TRIPS; i += 1) await roundTrip();
