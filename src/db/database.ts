@@ -88,13 +88,26 @@ export interface DbOptions {
   applicationName?: string;
 }
 
+/**
+ * How much longer pg waits for an answer (query_timeout) than PostgreSQL lets a statement run
+ * (statement_timeout): a slow statement fails with PostgreSQL's own error, and only a connection that
+ * stopped answering meets pg's deadline.
+ */
+export const ANSWER_GRACE_MS = 1_000;
+
 export function createDb(databaseUrl: string, options: DbOptions = {}): Db {
+  const statementTimeoutMs = options.statementTimeoutMs ?? 10_000;
   const pool = new pg.Pool({
     connectionString: databaseUrl,
     max: options.max ?? 10,
     connectionTimeoutMillis: options.connectionTimeoutMs ?? 3_000,
-    statement_timeout: options.statementTimeoutMs ?? 10_000,
-    query_timeout: (options.statementTimeoutMs ?? 10_000) + 1_000,
+    statement_timeout: statementTimeoutMs,
+    query_timeout: statementTimeoutMs + ANSWER_GRACE_MS,
+    // A transaction whose next statement has not arrived by then is rolled back, with its session:
+    // its COMMIT, held up in the network past pg's deadline, can then never commit what the caller
+    // has already been told failed. (statement_timeout + ANSWER_GRACE_MS after the COMMIT was sent
+    // is later than statement_timeout after the session went idle.)
+    idle_in_transaction_session_timeout: statementTimeoutMs,
     application_name: options.applicationName ?? 'user-sms',
     idleTimeoutMillis: 30_000,
   });

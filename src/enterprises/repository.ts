@@ -2,6 +2,7 @@ import { sql } from 'kysely';
 import type { Db } from '../db/database.ts';
 import type { WebsmsCredentials } from '../websms/client.ts';
 import { parseCustomDomain } from './credentials.ts';
+import { serverClockFrom, type ServerClock } from '../db/server-clock.ts';
 
 export interface Enterprise {
   number: string;
@@ -19,7 +20,21 @@ export async function findEnterprise(db: Db, number: string): Promise<Enterprise
     .select(['number', 'name', 'custom_domain', 'active'])
     .where('number', '=', number)
     .executeTakeFirst();
-  if (!row) return undefined;
+  return row && toEnterprise(row);
+}
+
+/** findEnterprise, with PostgreSQL's clock as it read the row (for the admission's deadline). */
+export async function findEnterpriseOnServerClock(db: Db, number: string): Promise<{ enterprise: Enterprise; clock: ServerClock } | undefined> {
+  if (number.includes('\u0000')) return undefined;
+  const row = await db
+    .selectFrom('enterprises')
+    .select(['number', 'name', 'custom_domain', 'active', sql<Date>`clock_timestamp()`.as('server_time')])
+    .where('number', '=', number)
+    .executeTakeFirst();
+  return row && { enterprise: toEnterprise(row), clock: serverClockFrom(row.server_time) };
+}
+
+function toEnterprise(row: { number: string; name: string | null; custom_domain: string | null; active: boolean | null }): Enterprise {
   // The wider system's table may hold NULL in `active`: only an explicit false disables.
   return { number: row.number, name: row.name, credentials: parseCustomDomain(row.custom_domain), active: row.active !== false };
 }
@@ -34,7 +49,7 @@ export async function findEnterprises(db: Db, numbers: readonly string[]): Promi
     .select(['number', 'name', 'custom_domain', 'active'])
     .where(sql<boolean>`number = ANY(${asked}::text[])`)
     .execute();
-  return new Map(rows.map((row) => [row.number, { number: row.number, name: row.name, credentials: parseCustomDomain(row.custom_domain), active: row.active !== false }]));
+  return new Map(rows.map((row) => [row.number, toEnterprise(row)]));
 }
 
 /** Ready to send: exists, active and configured. */

@@ -1,7 +1,8 @@
 import type { Db } from '../db/database.ts';
 import type { Logger } from '../logger.ts';
 import { maskPhone } from '../logger.ts';
-import { canSend, findEnterprise, notFoundMessage } from '../enterprises/repository.ts';
+import { canSend, findEnterpriseOnServerClock, notFoundMessage } from '../enterprises/repository.ts';
+import { ANSWER_GRACE_MS } from '../db/database.ts';
 import type { WaitHandle } from '../queue/completion-waiter.ts';
 import {
   errorEnvelope,
@@ -74,8 +75,16 @@ export interface SendAnswer {
 
 const DEFAULT_IDEMPOTENCY_RETENTION_S = 86_400;
 
+/**
+ * How long the insert of a message that will be sent may take to reach PostgreSQL (admission.ts, "the
+ * deadline"): half the grace pg gives PostgreSQL past its statement_timeout. An insert takes well under
+ * a millisecond to arrive.
+ */
+const ADMISSION_WINDOW_MS = ANSWER_GRACE_MS / 2;
+
 export async function acceptMessage(deps: AcceptDeps, command: SendCommand, caller: Caller): Promise<SendAnswer> {
-  const enterprise = await findEnterprise(deps.db, command.enterpriseNumber);
+  const found = await findEnterpriseOnServerClock(deps.db, command.enterpriseNumber);
+  const enterprise = found?.enterprise;
   const message: NewMessage = {
     enterpriseNumber: command.enterpriseNumber,
     enterpriseName: enterprise?.name ?? null,
@@ -88,7 +97,7 @@ export async function acceptMessage(deps: AcceptDeps, command: SendCommand, call
   };
   const log = { enterprise: command.enterpriseNumber, phone: maskPhone(command.phone), service: caller.serviceName, ip: caller.requestIp };
 
-  if (!canSend(enterprise)) {
+  if (!found || !canSend(enterprise)) {
     // Recorded for the security audit (attempts for unknown enterprises), never sent.
     const error = notFoundMessage(command.enterpriseNumber);
     const id = await insertRefusedMessage(deps.db, message, error, 'enterprise_not_found');
@@ -114,7 +123,12 @@ export async function acceptMessage(deps: AcceptDeps, command: SendCommand, call
         }
       : undefined,
     dailyCap: deps.dailyCapPerEnterprise,
-  });
+  }, { clock: found.clock, ms: ADMISSION_WINDOW_MS });
+  if (admission.kind === 'late') {
+    deps.logger.error(log, 'PostgreSQL received the message after its admission deadline; nothing stored, answered 503');
+    const error = 'Service temporarily unavailable (database too slow); nothing was sent, retry later';
+    return { httpStatus: 503, body: errorEnvelope(error, { custom_id: command.customId }), headers: { 'Retry-After': '5' } };
+  }
   if (admission.kind === 'repeat') return answerRepeat(deps, admission.id, admission.sameRequest, command.wait);
   if (admission.kind === 'over-daily-cap') {
     const retryAt = new Date(Date.now() + admission.secondsLeft * 1000);

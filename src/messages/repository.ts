@@ -2,6 +2,7 @@ import { randomBytes } from 'node:crypto';
 import { sql } from 'kysely';
 import type { Db, MessageStatus } from '../db/database.ts';
 import type { MessageRecord } from './message.ts';
+import type { ServerClock } from '../db/server-clock.ts';
 
 // All SQL on user_sms_send. Every state change is a conditional UPDATE on the current status, so
 // the state machine only moves forward whatever races between workers, the sweeper and operators.
@@ -513,15 +514,52 @@ export async function releaseReusableKey(db: Db, id: number, key: string, retent
   return result.numUpdatedRows > 0n;
 }
 
-/** insertPendingMessage under an idempotency key; undefined when another message holds the key. */
-export async function insertPendingMessageOnce(db: Db, message: NewMessage, key: string, requestHash: string): Promise<number | undefined> {
-  const row = await db
+export type PendingInsert =
+  | { kind: 'inserted'; id: number }
+  /** another message holds the Idempotency-Key */
+  | { kind: 'key-taken' }
+  /** PostgreSQL received the statement after the deadline: nothing was stored */
+  | { kind: 'late' };
+
+/**
+ * The row of a message that will be sent (insertPendingMessage), stored only if PostgreSQL receives
+ * the statement within `arrival.ms` of its sending, by PostgreSQL's own clock, and, under an
+ * Idempotency-Key, only if no other message holds the key (the unique index decides; ON CONFLICT DO
+ * NOTHING). The select list after the CTE tells "late" from "key taken" in the same round trip.
+ */
+export async function insertPendingMessageBy(
+  db: Db,
+  message: NewMessage,
+  arrival: { clock: ServerClock; ms: number },
+  idempotency?: { key: string; requestHash: string },
+): Promise<PendingInsert> {
+  // The deadline is taken once the statement has its connection, so a wait for the pool's next free
+  // connection (a busy moment) does not eat into it.
+  if (db.isTransaction) return insertPendingRow(db, message, arrival.clock.after(arrival.ms), idempotency);
+  return db.connection().execute((connection) => insertPendingRow(connection, message, arrival.clock.after(arrival.ms), idempotency));
+}
+
+async function insertPendingRow(db: Db, message: NewMessage, deadline: Date, idempotency?: { key: string; requestHash: string }): Promise<PendingInsert> {
+  const values = {
+    ...newMessageValues(message),
+    status: 'pending',
+    provider_ref: newProviderRef(),
+    idempotency_key: idempotency?.key ?? null,
+    request_hash: idempotency?.requestHash ?? null,
+  };
+  const columns = Object.keys(values) as Array<keyof typeof values>;
+  const insert = db
     .insertInto('user_sms_send')
-    .values({ ...newMessageValues(message), status: 'pending', provider_ref: newProviderRef(), idempotency_key: key, request_hash: requestHash })
+    .columns(columns)
+    .expression(db.selectNoFrom((eb) => columns.map((column) => eb.val(values[column]).as(column))).where(sql<boolean>`clock_timestamp() < ${deadline}`))
     .onConflict((oc) => oc.columns(['enterprise_number', 'idempotency_key']).where('idempotency_key', 'is not', null).doNothing())
-    .returning('id')
-    .executeTakeFirst();
-  return row ? Number(row.id) : undefined;
+    .returning('id');
+  const result = await db
+    .with('inserted', () => insert)
+    .selectNoFrom((eb) => [eb.selectFrom('inserted').select('id').as('id'), sql<boolean>`clock_timestamp() < ${deadline}`.as('in_time')])
+    .executeTakeFirstOrThrow();
+  if (result.id !== null) return { kind: 'inserted', id: Number(result.id) };
+  return result.in_time ? { kind: 'key-taken' } : { kind: 'late' };
 }
 
 export interface EnterpriseDay {
