@@ -10,8 +10,9 @@ import { createTestEnv, DEMO_KEY, DEMO_USER, eventually, postJson, type TestEnv 
 // given up and answered 503 "nothing was sent", must store nothing: otherwise the sweeper would send
 // the message and the caller's retry would send it a second time.
 //
-// "Late" is made here with PostgreSQL itself: a transaction holds user_sms_send locked, so the API's
-// statement waits before PostgreSQL evaluates it, until its deadline has passed by PostgreSQL's clock.
+// "Late" is made here with PostgreSQL itself: a transaction holds user_sms_send locked against writes
+// (reads go on), so the API's insert waits before PostgreSQL evaluates it, until its deadline has
+// passed by PostgreSQL's clock.
 
 const PHONE = '+375296254070';
 const ADMISSION_WINDOW_MS = 500;
@@ -38,19 +39,19 @@ describe.each<{ name: string; settings: Record<string, string> }>([
   const rowsWithText = (text: string) => env.db.selectFrom('user_sms_send').select(['id', 'status']).where('text', '=', text).execute();
   const sendsOf = (text: string) => env.sandbox.calls().filter((c) => c.endpoint === 'send/sms' && c.text === text);
 
-  /** Runs `request` while user_sms_send is locked, and unlocks it once the request's deadline has passed. */
+  /** Runs `request` while user_sms_send is locked against writes, and unlocks it once its insert is past its deadline. */
   async function lateByLock<T>(request: () => Promise<T>): Promise<T> {
     const locker = new pg.Client({ connectionString: env.databaseUrl });
     await locker.connect();
     try {
       await locker.query('BEGIN');
-      await locker.query('LOCK TABLE user_sms_send IN ACCESS EXCLUSIVE MODE');
+      await locker.query('LOCK TABLE user_sms_send IN SHARE MODE');
       const answer = request();
-      // The API has read the enterprise (its deadline's start) once one of its statements waits here.
+      // The insert was sent (its deadline's start) before it waits here.
       await eventually(async () => {
         const waiting = await sql<{ n: number }>`
           SELECT count(*)::int AS n FROM pg_stat_activity
-           WHERE datname = current_database() AND wait_event_type = 'Lock' AND query ILIKE '%user_sms_send%'`.execute(env.db);
+           WHERE datname = current_database() AND wait_event_type = 'Lock' AND query ILIKE '%insert into "user_sms_send"%'`.execute(env.db);
         return waiting.rows[0]!.n > 0 ? true : undefined;
       });
       const { rows } = await locker.query<{ past: string }>(`SELECT (clock_timestamp() + make_interval(secs => $1::float8 / 1000))::text AS past`, [ADMISSION_WINDOW_MS + 1]);
