@@ -3,6 +3,7 @@ import { deliverMessage, type DeliveryDeps } from '../src/messages/deliver.ts';
 import type { DeliveryOutcome } from '../src/messages/message.ts';
 import type { Acceptance } from '../src/messages/repository.ts';
 import { SEND_QUEUE, type SendJobData } from '../src/queue/jobs.ts';
+import { sendPhase } from '../src/metrics/send-phases.ts';
 
 // The BullMQ side of delivery: maps each DeliveryStep onto what BullMQ does with the job next.
 //   finished → the job completes, its return value is the outcome (no phone, text or key)
@@ -23,6 +24,7 @@ export interface SendWorkerOptions {
 
 export function createSendWorker(deps: DeliveryDeps, options: SendWorkerOptions): Worker<SendJobState, DeliveryOutcome | null> {
   const processor = async (job: Job<SendJobState, DeliveryOutcome | null>, token?: string) => {
+    sendPhase({ phase: 'job-started', messageId: job.data.messageId });
     const step = await deliverMessage(deps, {
       messageId: job.data.messageId,
       enterpriseNumber: job.data.enterpriseNumber,
@@ -43,7 +45,7 @@ export function createSendWorker(deps: DeliveryDeps, options: SendWorkerOptions)
         throw new Error(step.reason);
     }
   };
-  return new Worker<SendJobState, DeliveryOutcome | null>(SEND_QUEUE, processor, {
+  const worker = new Worker<SendJobState, DeliveryOutcome | null>(SEND_QUEUE, processor, {
     connection: options.connection,
     prefix: options.prefix,
     concurrency: options.concurrency,
@@ -52,4 +54,6 @@ export function createSendWorker(deps: DeliveryDeps, options: SendWorkerOptions)
     // stalls in a row (crash loops) must still not fail a message that was never sent.
     maxStalledCount: 10,
   });
+  worker.on('completed', (job) => sendPhase({ phase: 'job-completed', messageId: job.data.messageId }));
+  return worker;
 }

@@ -7,6 +7,7 @@ import { authenticatedCaller, mayUseEnterprise } from './caller.ts';
 import { callerOf } from './client-info.ts';
 import { normalisePhone, PHONE_ERROR, sendRequestSchema } from './schemas.ts';
 import { callbackHostProblem } from '../callbacks/callback-hosts.ts';
+import { sendPhase } from '../metrics/send-phases.ts';
 
 export function sendRoute(deps: AcceptDeps): Router {
   const router = Router();
@@ -41,6 +42,7 @@ export function sendRoute(deps: AcceptDeps): Router {
     // With API_TOKENS, the token names the caller; X-Service-Name is only a claim. A caller named
     // neither way gets DEFAULT_SERVICE_NAME, on every row including refusals: the old service
     // recorded 'user_api_endpoint' for every send.
+    sendPhase({ phase: 'validated', command, request: req });
     const client = callerOf(req);
     const caller = { ...client, serviceName: authenticatedCaller(res)?.name ?? client.serviceName ?? deps.defaultServiceName };
     const answer = mayUseEnterprise(res, command.enterpriseNumber)

@@ -22,6 +22,7 @@ import { dailyCapMessage } from './daily-cap.ts';
 import type { MessageStanding } from '../line/standing.ts';
 import { IDEMPOTENCY_HEADER, KEY_REUSED_MESSAGE, requestHash } from './idempotency.ts';
 import type { AllowedHost } from '../callbacks/callback-hosts.ts';
+import { sendPhase } from '../metrics/send-phases.ts';
 
 // Accepting a message: record it, queue it, and wait (bounded) for the worker's outcome.
 
@@ -84,6 +85,7 @@ const ADMISSION_WINDOW_MS = ANSWER_GRACE_MS / 2;
 
 export async function acceptMessage(deps: AcceptDeps, command: SendCommand, caller: Caller): Promise<SendAnswer> {
   const found = await findEnterpriseOnServerClock(deps.db, command.enterpriseNumber);
+  sendPhase({ phase: 'enterprise-read', command });
   const enterprise = found?.enterprise;
   const message: NewMessage = {
     enterpriseNumber: command.enterpriseNumber,
@@ -143,11 +145,13 @@ export async function acceptMessage(deps: AcceptDeps, command: SendCommand, call
     };
   }
   const id = admission.id;
+  sendPhase({ phase: 'admitted', command, messageId: id });
   const link = statusUrl(id, statusKey.key);
   const wait = command.wait && deps.sendWaitMs > 0 ? deps.waitForJob(id, deps.sendWaitMs) : undefined;
   let place: { etaMs: number } | void;
   try {
     place = await deps.enqueue(id, command.enterpriseNumber);
+    sendPhase({ phase: 'enqueued', command });
   } catch (error) {
     wait?.cancel();
     return queueUnavailable(deps, id, command, log, error);
@@ -161,6 +165,7 @@ export async function acceptMessage(deps: AcceptDeps, command: SendCommand, call
 
   if (!wait) return answerQueued(deps, id, command.customId, link);
   const finish = await wait.finished;
+  sendPhase({ phase: 'outcome-received', command });
   if (finish.kind === 'completed' && finish.outcome && isFinal(finish.outcome.status)) {
     return finalAnswer(id, command.customId, finish.outcome, link);
   }

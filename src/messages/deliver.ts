@@ -20,6 +20,7 @@ import {
   type ClaimedMessage,
   type Failure,
 } from './repository.ts';
+import { sendPhase } from '../metrics/send-phases.ts';
 
 // Delivering one message: take its turn in its enterprise's line (src/line: order and rate limit), claim
 // the row, call WebSMS, end the turn, record the outcome.
@@ -114,6 +115,7 @@ export async function deliverMessage(deps: DeliveryDeps, attempt: DeliveryAttemp
   // Every attempt takes a turn and a grant, because WebSMS counts attempts. Redis down: this throws
   // and nothing is sent (fail closed), never an over-limit burst.
   const turn = await takeTurn(deps.line, attempt.enterpriseNumber, id, `${id}:${randomUUID()}`);
+  sendPhase({ phase: 'turn-taken', messageId: id });
   if (turn.kind === 'wait') {
     // A wait found only now (the message was queued with no delay, or woke before its turn) is a
     // wait too; one planned at enqueue is counted when the message runs (waitedInLineMs below).
@@ -131,6 +133,7 @@ export async function deliverMessage(deps: DeliveryDeps, attempt: DeliveryAttemp
   if (attempt.waitedInLineMs) deps.metrics?.limiterWait(attempt.waitedInLineMs);
 
   const claimed = await claimForSending(db, id);
+  sendPhase({ phase: 'claimed', messageId: id });
   if (!claimed) {
     // No call made: the turn passes on.
     await leaveLine(deps.line, attempt.enterpriseNumber, id);
@@ -167,13 +170,17 @@ export async function deliverMessage(deps: DeliveryDeps, attempt: DeliveryAttemp
     await endTheTurn();
     throw error;
   }
+  sendPhase({ phase: 'websms-answered', messageId: id });
   deps.metrics?.websmsCall(performance.now() - callStartedMs, outcome.kind);
   // The turn's end (Redis) and the outcome's record (PostgreSQL) depend on nothing of each other: made
   // at once, they cost the send one hop less. Both are done before the run ends, so a retry or the
   // line's next run never finds this turn still open.
   const turnEnded = endTheTurn();
   try {
-    return await settle(deps, attempt, claimed, credentials, outcome);
+    const step = await settle(deps, attempt, claimed, credentials, outcome);
+    await turnEnded;
+    sendPhase({ phase: 'recorded', messageId: id });
+    return step;
   } finally {
     await turnEnded;
   }

@@ -194,6 +194,8 @@ export async function paced(options: {
   ratePerS: number;
   durationS: number;
   maxInFlight: number;
+  /** each answer with when its request was sent and its answer read (ms since the epoch, sub-ms) */
+  onAnswer?: (answer: { sentAt: number; answeredAt: number; body: string }) => void;
 }): Promise<LoadResult> {
   const url = new URL(options.origin);
   const agent = new http.Agent({ keepAlive: true, maxSockets: options.maxInFlight });
@@ -217,10 +219,12 @@ export async function paced(options: {
           const chunks: Buffer[] = [];
           res.on('data', (chunk: Buffer) => chunks.push(chunk));
           res.on('end', () => {
-            samples.push(performance.now() - sentAt);
+            const answeredAt = performance.now();
+            samples.push(answeredAt - sentAt);
             const status = res.statusCode ?? 0;
             statuses[status] = (statuses[status] ?? 0) + 1;
             const text = Buffer.concat(chunks).toString('utf8');
+            options.onAnswer?.({ sentAt: performance.timeOrigin + sentAt, answeredAt: performance.timeOrigin + answeredAt, body: text });
             if (status === 200 && text.includes('"success":true')) ok += 1;
             else if (examples.length < 5) examples.push({ status, body: text.slice(0, 300) });
             resolve();

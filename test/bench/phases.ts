@@ -1,3 +1,4 @@
+import { sendPhaseBreakdown, type ClientAnswer, type PhaseBreakdown } from './phase-breakdown.ts';
 import { SendLedger, statusCounts, waitForFinalStates, windowViolations, type CheckResult } from './checks.ts';
 import { closedLoop, paced, roundRobinSource, sendOne, summarise, type LatencySummary, type LoadResult, type MessageSource } from './load.ts';
 import { CpuMeter, findPostgresBackends, GROUPS, pgWriteSnapshot, redisCommandCount, pgWritesBetween, rssRecorder, sampleRss, type CpuByGroup, type Group, type PgWritesPerMessage, type RssSample } from './measurements.ts';
@@ -55,6 +56,8 @@ export interface OverheadResult {
    * the insert and after the outcome (job completion, event stream, answer).
    */
   breakdown: LatencyBreakdown;
+  /** one at a time only: the same, hop by hop, from the phases the service publishes (phase-breakdown.ts) */
+  phases?: PhaseBreakdown | undefined;
   cpu: CpuPerMessage;
 }
 
@@ -292,13 +295,28 @@ export class StackRunner {
     const oneAtATime = maxPerS === 'one at a time';
     const ratePerS = oneAtATime ? 10 : Math.max(1, Math.round(maxPerS * this.options.overheadLoadFraction));
     const label = oneAtATime ? `one at a time ${latencyMs} ms` : `paced ${latencyMs} ms`;
+    const answers: ClientAnswer[] = [];
+    const onAnswer = ({ sentAt, answeredAt, body }: { sentAt: number; answeredAt: number; body: string }) => {
+      const id = (JSON.parse(body) as { id?: unknown }).id;
+      if (typeof id === 'number') answers.push({ sentAt, answeredAt, messageId: id });
+    };
     const { result, cpu } = await this.measure(
-      () => paced({ label, origin: this.service.apiUrl, source, ratePerS, durationS: this.options.durationS, maxInFlight: oneAtATime ? 1 : this.options.connections }),
+      () =>
+        paced({
+          label,
+          origin: this.service.apiUrl,
+          source,
+          ratePerS,
+          durationS: this.options.durationS,
+          maxInFlight: oneAtATime ? 1 : this.options.connections,
+          onAnswer: oneAtATime ? onAnswer : undefined,
+        }),
       label,
     );
     const overhead = summarise(Array.from(result.samples, (v) => v - latencyMs));
     const breakdown = await this.breakdown(firstId, latencyMs);
-    return { latencyMs, oneAtATime, run: strip(result), overhead, breakdown, cpu, samples: result.samples };
+    const phases = oneAtATime ? await sendPhaseBreakdown(this.service.phasesDir, answers) : undefined;
+    return { latencyMs, oneAtATime, run: strip(result), overhead, breakdown, phases, cpu, samples: result.samples };
   }
 
   /**

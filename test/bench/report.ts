@@ -237,6 +237,11 @@ export function renderTable(doc: BenchDocument): string {
       ),
       '',
     );
+    for (const v of doc.overhead) {
+      if (!v.phases) continue;
+      out.push(`One at a time (${v.latencyMs} ms sandbox), hop by hop: ${v.phases.sends} sends, p50 of the whole ${num(v.phases.totalP50)} ms (the steps' p50s need not add up to it)`);
+      out.push(table(['step', 'p50 ms', 'p90 ms'], v.phases.steps.map((s) => [s.step, num(s.p50), num(s.p90)])), '');
+    }
   }
   if (doc.throughput.length > 0 || doc.overhead.length > 0) {
     out.push('CPU per message, ms (service = api + workers + background + postgres + redis; machine adds sandbox and load generator)');

@@ -1,6 +1,7 @@
 import { randomBytes } from 'node:crypto';
-import { mkdirSync } from 'node:fs';
-import { resolve } from 'node:path';
+import { mkdirSync, mkdtempSync, rmSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join, resolve } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import pg from 'pg';
 import { Redis } from 'ioredis';
@@ -193,6 +194,7 @@ const SERVICE_VARIABLES =
   /^(PORT|HOST|WEBSMS_.*|RATE_LIMIT_.*|REQUEST_RATE_LIMIT_.*|SEND_.*|WORKER_.*|RETRY_.*|SWEEP_.*|KEEP_.*|DAILY_CAP_.*|IDEMPOTENCY_.*|API_TOKENS|ADMIN_.*|DASHBOARD_.*|TRUSTED_PROXIES|BODY_LIMIT_BYTES)$/;
 
 const HEAP_PROBE = fileURLToPath(new URL('./heap-probe.mjs', import.meta.url));
+const SEND_PHASES = fileURLToPath(new URL('./send-phases.mjs', import.meta.url));
 
 /**
  * Live heap of a service process in MB, after a full collection (heap-probe.mjs answers SIGUSR2 on
@@ -220,6 +222,8 @@ export interface Service {
   workers: ServiceProcess[];
   /** delivery look-ups, callbacks and the sweepers, at a lower CPU priority */
   background: ServiceProcess;
+  /** where the service's processes write each send's phases (send-phases.mjs, phase-breakdown.ts) */
+  phasesDir: string;
   stop(): Promise<void>;
 }
 
@@ -236,6 +240,8 @@ export async function startService(bench: Bench, name: string, workers: number, 
   // (API_TOKENS would refuse the load, a RATE_LIMIT_* would change what is measured): an empty
   // value means "unset" to the service's configuration.
   const inherited = Object.fromEntries(Object.keys(process.env).filter((name) => SERVICE_VARIABLES.test(name)).map((name) => [name, '']));
+  const phasesDir = mkdtempSync(join(tmpdir(), 'bench-send-phases-'));
+  bench.teardown.add(`remove ${phasesDir}`, () => Promise.resolve(rmSync(phasesDir, { recursive: true, force: true })));
   const common: Record<string, string> = {
     ...inherited,
     HOST: '127.0.0.1',
@@ -245,11 +251,12 @@ export async function startService(bench: Bench, name: string, workers: number, 
     QUEUE_PREFIX: prefix,
     LOG_LEVEL: logLevel,
     WORKER_PROCESSES: '0',
+    BENCH_SEND_PHASES_DIR: phasesDir,
     ...env,
   };
   const nodeOptions = [
     process.env.NODE_OPTIONS,
-    `--expose-gc --import ${HEAP_PROBE}`,
+    `--expose-gc --import ${HEAP_PROBE} --import ${SEND_PHASES}`,
     bench.nodeOptions,
     bench.profileDir && `--cpu-prof --cpu-prof-dir=${bench.profileDir}`,
   ]
@@ -290,7 +297,7 @@ export async function startService(bench: Bench, name: string, workers: number, 
     await stop();
     throw error;
   }
-  return { prefix, apiUrl, api, workers: workerProcesses, background, stop };
+  return { prefix, apiUrl, api, workers: workerProcesses, background, phasesDir, stop };
 }
 
 async function waitForWorkers(workers: ServiceProcess[], started = 'worker started', timeoutMs = 60_000): Promise<void> {

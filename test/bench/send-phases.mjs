@@ -1,0 +1,63 @@
+// Preloaded into the benchmark's service processes (NODE_OPTIONS="--import …"), never into a
+// deployment. Listens to the send's phases the service publishes (src/metrics/send-phases.ts) and to
+// Node's own HTTP server channels, and appends one JSON line per finished send, the absolute time of
+// each phase in ms, to $BENCH_SEND_PHASES_DIR/<pid>.jsonl: the API's part of a send (request in →
+// answer out) from the API, the worker's part (job started → job completed) from a worker.
+// phase-breakdown.ts joins them with the load generator's own times. Plain JavaScript, as heap-probe.mjs.
+import { subscribe } from 'node:diagnostics_channel';
+import { appendFile, appendFileSync } from 'node:fs';
+import { performance } from 'node:perf_hooks';
+import { setInterval } from 'node:timers';
+
+const dir = process.env.BENCH_SEND_PHASES_DIR;
+if (dir) {
+  const file = `${dir}/${process.pid}.jsonl`;
+  const now = () => performance.timeOrigin + performance.now();
+  /** @type {Array<Record<string, number>>} */
+  let finished = [];
+  /** HTTP request → its marks (API) */
+  const byRequest = new WeakMap();
+  /** SendCommand → the same marks (API) */
+  const byCommand = new WeakMap();
+  /** @type {Map<number, Record<string, number>>} message id → the job's marks (worker) */
+  const byMessage = new Map();
+
+  subscribe('http.server.request.start', (/** @type {any} */ event) => byRequest.set(event.request, { 'request-received': now() }));
+  subscribe('http.server.response.finish', (/** @type {any} */ event) => {
+    const marks = byRequest.get(event.request);
+    if (marks?.messageId === undefined) return;
+    marks['answer-sent'] = now();
+    finished.push(marks);
+  });
+  subscribe('user-sms:send-phase', (/** @type {any} */ event) => {
+    const at = now();
+    if (event.command) {
+      const marks = event.request ? byRequest.get(event.request) : byCommand.get(event.command);
+      if (!marks) return;
+      if (event.request) byCommand.set(event.command, marks);
+      marks[event.phase] = at;
+      if (event.messageId !== undefined) marks.messageId = event.messageId;
+      return;
+    }
+    let marks = byMessage.get(event.messageId);
+    if (!marks) byMessage.set(event.messageId, (marks = { messageId: event.messageId }));
+    // A job run again (a wait for its turn) keeps its latest marks.
+    marks[event.phase] = at;
+    if (event.phase === 'job-completed') {
+      byMessage.delete(event.messageId);
+      finished.push(marks);
+    }
+  });
+
+  const lines = () => {
+    const text = finished.map((marks) => `${JSON.stringify(marks)}\n`).join('');
+    finished = [];
+    return text;
+  };
+  setInterval(() => {
+    if (finished.length > 0) appendFile(file, lines(), () => undefined);
+  }, 200).unref();
+  process.on('exit', () => {
+    if (finished.length > 0) appendFileSync(file, lines());
+  });
+}
