@@ -194,7 +194,7 @@ export async function paced(options: {
   ratePerS: number;
   durationS: number;
   maxInFlight: number;
-  /** each answer with when its request was sent and its answer read (ms since the epoch, sub-ms) */
+  /** each answer with when its request was sent and its answer read (ms on the machine's monotonic clock, as process.hrtime) */
   onAnswer?: (answer: { sentAt: number; answeredAt: number; body: string }) => void;
 }): Promise<LoadResult> {
   const url = new URL(options.origin);
@@ -212,6 +212,7 @@ export async function paced(options: {
   const fire = () => {
     const body = options.source.sendBody();
     const sentAt = performance.now();
+    const sentAtHr = process.hrtime.bigint();
     const done = new Promise<void>((resolve) => {
       const req = http.request(
         { host: url.hostname, port: url.port, path: '/send', method: 'POST', agent, headers: { ...JSON_HEADERS, 'content-length': Buffer.byteLength(body) }, timeout: 30_000 },
@@ -224,7 +225,7 @@ export async function paced(options: {
             const status = res.statusCode ?? 0;
             statuses[status] = (statuses[status] ?? 0) + 1;
             const text = Buffer.concat(chunks).toString('utf8');
-            options.onAnswer?.({ sentAt: performance.timeOrigin + sentAt, answeredAt: performance.timeOrigin + answeredAt, body: text });
+            options.onAnswer?.({ sentAt: Number(sentAtHr) / 1e6, answeredAt: Number(process.hrtime.bigint()) / 1e6, body: text });
             if (status === 200 && text.includes('"success":true')) ok += 1;
             else if (examples.length < 5) examples.push({ status, body: text.slice(0, 300) });
             resolve();

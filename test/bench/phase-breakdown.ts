@@ -3,8 +3,8 @@ import { setTimeout as sleep } from 'node:timers/promises';
 
 // Where an idle send's time goes, hop by hop: the load generator's own times for each request, joined
 // by message id with the phases the service's processes wrote (send-phases.mjs, published by
-// src/metrics/send-phases.ts). Times are absolute (ms since the epoch, sub-millisecond), all taken on
-// this machine's one clock.
+// src/metrics/send-phases.ts). Times are in ms on the machine's monotonic clock (process.hrtime), one
+// clock for every process.
 
 /** Each step runs from one phase to the next, in the order a send meets them. */
 const STEPS = [

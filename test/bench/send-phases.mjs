@@ -1,18 +1,18 @@
 // Preloaded into the benchmark's service processes (NODE_OPTIONS="--import …"), never into a
 // deployment. Listens to the send's phases the service publishes (src/metrics/send-phases.ts) and to
-// Node's own HTTP server channels, and appends one JSON line per finished send, the absolute time of
-// each phase in ms, to $BENCH_SEND_PHASES_DIR/<pid>.jsonl: the API's part of a send (request in →
+// Node's own HTTP server channels, and appends one JSON line per finished send, the time of each
+// phase in ms on the machine's monotonic clock (process.hrtime: one clock for every process, where
+// performance.timeOrigin is each process's own), to $BENCH_SEND_PHASES_DIR/<pid>.jsonl: the API's part of a send (request in →
 // answer out) from the API, the worker's part (job started → job completed) from a worker.
 // phase-breakdown.ts joins them with the load generator's own times. Plain JavaScript, as heap-probe.mjs.
 import { subscribe } from 'node:diagnostics_channel';
 import { appendFile, appendFileSync } from 'node:fs';
-import { performance } from 'node:perf_hooks';
 import { setInterval } from 'node:timers';
 
 const dir = process.env.BENCH_SEND_PHASES_DIR;
 if (dir) {
   const file = `${dir}/${process.pid}.jsonl`;
-  const now = () => performance.timeOrigin + performance.now();
+  const now = () => Number(process.hrtime.bigint()) / 1e6;
   /** @type {Array<Record<string, number>>} */
   let finished = [];
   /** HTTP request → its marks (API) */
