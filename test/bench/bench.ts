@@ -18,6 +18,7 @@ import { closedLoop, paced, roundRobinSource, type LoadResult, type MessageSourc
 import { describeRoundTrips, describeWrites, findRedisPid, measureRoundTrips } from './measurements.ts';
 import { parseOptions, usage, type BenchOptions } from './options.ts';
 import { describeShares, summariseProfiles } from './profile-summary.ts';
+import { collectAnswers, sendPhaseBreakdown, type ClientAnswer } from './phase-breakdown.ts';
 import { startStack, type StackRunner, type DeliveryCostResult, type LatencyBreakdown, type LinesResult, type MemoryResult, type OverheadResult, type RateLimitResult, type ScaleResult, type ThroughputResult } from './phases.ts';
 import { evaluateTargets, renderTable, type BenchDocument } from './report.ts';
 import { ACCOUNTS, seedEnterprises, startBench, startCallbackReceiver, type Bench } from './stack.ts';
@@ -424,16 +425,28 @@ async function deliveryPhase(
     // baseline (--overhead-load, half by default): in rounds too, taking turns, since the p50 of one 10 s run moves by more than the
     // target's 1 ms from one run to the next here. The round whose p50 grew by the median is reported.
     const pacedRatePerS = Math.max(1, Math.round(median.baseline.result.okPerS * options.overheadLoadFraction));
-    const pacedLoop = (stack: StackRunner, label: string, source: MessageSource) => () =>
-      paced({ label, origin: stack.service.apiUrl, source, ratePerS: pacedRatePerS, durationS: options.durationS, maxInFlight: options.connections });
-    const pacedRuns: Array<{ baseline: LoadResult; withDelivery: LoadResult; baselineBreakdown: LatencyBreakdown; withDeliveryBreakdown: LatencyBreakdown }> = [];
+    const pacedLoop = (stack: StackRunner, label: string, source: MessageSource, answers: ClientAnswer[]) => () =>
+      paced({ label, origin: stack.service.apiUrl, source, ratePerS: pacedRatePerS, durationS: options.durationS, maxInFlight: options.connections, onAnswer: collectAnswers(answers) });
+    const pacedRuns: Array<{
+      baseline: LoadResult;
+      withDelivery: LoadResult;
+      baselineBreakdown: LatencyBreakdown;
+      withDeliveryBreakdown: LatencyBreakdown;
+      phases: DeliveryCostResult['pacedPhases'];
+    }> = [];
     for (let round = 1; round <= rounds; round++) {
+      const baselineAnswers: ClientAnswer[] = [];
+      const withDeliveryAnswers: ClientAnswer[] = [];
       const baselineFrom = await lastId();
-      const baseline = await quiet.measure(pacedLoop(quiet, `baseline paced ${round}`, plain), 'delivery baseline paced');
+      const baseline = await quiet.measure(pacedLoop(quiet, `baseline paced ${round}`, plain, baselineAnswers), 'delivery baseline paced');
       const pacedFrom = await lastId();
-      const withDelivery = await full.measure(pacedLoop(full, `with delivery paced ${round}`, withCallbacks), 'delivery paced', async () => void (await drain(pacedFrom)));
+      const withDelivery = await full.measure(pacedLoop(full, `with delivery paced ${round}`, withCallbacks, withDeliveryAnswers), 'delivery paced', async () => void (await drain(pacedFrom)));
       const [baselineBreakdown, withDeliveryBreakdown] = [await quiet.breakdown(baselineFrom, latencyMs), await full.breakdown(pacedFrom, latencyMs)];
-      pacedRuns.push({ baseline: baseline.result, withDelivery: withDelivery.result, baselineBreakdown, withDeliveryBreakdown });
+      const phases = {
+        baseline: await sendPhaseBreakdown(quiet.service.phasesDir, baselineAnswers),
+        withDelivery: await sendPhaseBreakdown(full.service.phasesDir, withDeliveryAnswers),
+      };
+      pacedRuns.push({ baseline: baseline.result, withDelivery: withDelivery.result, baselineBreakdown, withDeliveryBreakdown, phases });
       log(
         `  paced round ${round} at ${pacedRatePerS}/s: p50 ${baseline.result.latency.p50.toFixed(1)} → ${withDelivery.result.latency.p50.toFixed(1)} ms; ` +
           `p50 insert → claim ${baselineBreakdown.insertToClaim[0]} → ${withDeliveryBreakdown.insertToClaim[0]} ms, ` +
@@ -466,6 +479,7 @@ async function deliveryPhase(
       })),
       pacedBaseline: strip(pacedMedian.baseline),
       pacedWithDelivery: strip(pacedMedian.withDelivery),
+      pacedPhases: pacedMedian.phases,
     };
     log(
       `  median round: baseline ${result.baseline.okPerS.toFixed(0)}/s, with delivery ${result.withDelivery.okPerS.toFixed(0)}/s (${(result.throughputRatio * 100).toFixed(1)}%), ` +

@@ -45,6 +45,14 @@ export interface ClientAnswer {
   messageId: number;
 }
 
+/** An `onAnswer` for paced() (load.ts) that keeps each answer naming its message. */
+export function collectAnswers(answers: ClientAnswer[]) {
+  return ({ sentAt, answeredAt, body }: { sentAt: number; answeredAt: number; body: string }) => {
+    const id = (JSON.parse(body) as { id?: unknown }).id;
+    if (typeof id === 'number') answers.push({ sentAt, answeredAt, messageId: id });
+  };
+}
+
 /**
  * Joins `answers` with what the service wrote to `dir`, once every one of them is there (or after
  * `timeoutMs`: the processes write every 200 ms). undefined when no send could be joined.

@@ -1,4 +1,4 @@
-import { sendPhaseBreakdown, type ClientAnswer, type PhaseBreakdown } from './phase-breakdown.ts';
+import { collectAnswers, sendPhaseBreakdown, type ClientAnswer, type PhaseBreakdown } from './phase-breakdown.ts';
 import { SendLedger, statusCounts, waitForFinalStates, windowViolations, type CheckResult } from './checks.ts';
 import { closedLoop, paced, roundRobinSource, sendOne, summarise, type LatencySummary, type LoadResult, type MessageSource } from './load.ts';
 import { CpuMeter, findPostgresBackends, GROUPS, pgWriteSnapshot, redisCommandCount, pgWritesBetween, rssRecorder, sampleRss, type CpuByGroup, type Group, type PgWritesPerMessage, type RssSample } from './measurements.ts';
@@ -144,6 +144,8 @@ export interface DeliveryCostResult {
   pacedRounds: Array<{ baselineP50: number; withDeliveryP50: number; baselineBreakdown: LatencyBreakdown; withDeliveryBreakdown: LatencyBreakdown }>;
   pacedBaseline: RunSummary;
   pacedWithDelivery: RunSummary;
+  /** the median paced round, hop by hop, without and with delivery (phase-breakdown.ts) */
+  pacedPhases: { baseline: PhaseBreakdown | undefined; withDelivery: PhaseBreakdown | undefined };
 }
 
 export interface LinesResult {
@@ -296,10 +298,6 @@ export class StackRunner {
     const ratePerS = oneAtATime ? 10 : Math.max(1, Math.round(maxPerS * this.options.overheadLoadFraction));
     const label = oneAtATime ? `one at a time ${latencyMs} ms` : `paced ${latencyMs} ms`;
     const answers: ClientAnswer[] = [];
-    const onAnswer = ({ sentAt, answeredAt, body }: { sentAt: number; answeredAt: number; body: string }) => {
-      const id = (JSON.parse(body) as { id?: unknown }).id;
-      if (typeof id === 'number') answers.push({ sentAt, answeredAt, messageId: id });
-    };
     const { result, cpu } = await this.measure(
       () =>
         paced({
@@ -309,7 +307,7 @@ export class StackRunner {
           ratePerS,
           durationS: this.options.durationS,
           maxInFlight: oneAtATime ? 1 : this.options.connections,
-          onAnswer: oneAtATime ? onAnswer : undefined,
+          onAnswer: oneAtATime ? collectAnswers(answers) : undefined,
         }),
       label,
     );

@@ -322,6 +322,13 @@ export function renderTable(doc: BenchDocument): string {
       ),
     );
     out.push(`${d.deliveryFinal} of ${d.messages} final delivery statuses, ${d.callbacksReceived} callbacks delivered; done ${d.drainMs} ms after the load`, '');
+    const { baseline, withDelivery } = d.pacedPhases;
+    if (baseline && withDelivery) {
+      out.push(`The median paced round, hop by hop (p50 ms; ${baseline.sends} and ${withDelivery.sends} sends):`);
+      const rows = baseline.steps.map((step, i) => [step.step, num(step.p50), num(withDelivery.steps[i]?.p50)]);
+      rows.push(['the whole send', num(baseline.totalP50), num(withDelivery.totalP50)]);
+      out.push(table(['step', 'without', 'with'], rows), '');
+    }
   }
   out.push('Targets');
   out.push(table(['', 'target', 'measured'], doc.targets.map((t) => [t.met === null ? '?' : t.met ? 'met' : 'MISSED', t.target, t.measured])), '');
