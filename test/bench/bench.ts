@@ -426,7 +426,9 @@ async function deliveryPhase(
     // target's 1 ms from one run to the next here. The round whose p50 grew by the median is reported.
     const pacedRatePerS = Math.max(1, Math.round(median.baseline.result.okPerS * options.overheadLoadFraction));
     const pacedLoop = (stack: StackRunner, label: string, source: MessageSource, answers: ClientAnswer[]) => () =>
-      paced({ label, origin: stack.service.apiUrl, source, ratePerS: pacedRatePerS, durationS: options.durationS, maxInFlight: options.connections, onAnswer: collectAnswers(answers) });
+      stack.recordingSendPhases(() =>
+        paced({ label, origin: stack.service.apiUrl, source, ratePerS: pacedRatePerS, durationS: options.durationS, maxInFlight: options.connections, onAnswer: collectAnswers(answers) }),
+      );
     const pacedRuns: Array<{
       baseline: LoadResult;
       withDelivery: LoadResult;

@@ -1,4 +1,4 @@
-import { readdirSync, readFileSync } from 'node:fs';
+import { existsSync, readdirSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { setTimeout as sleep } from 'node:timers/promises';
 
 // Where an idle send's time goes, hop by hop: the load generator's own times for each request, joined
@@ -45,6 +45,24 @@ export interface ClientAnswer {
   messageId: number;
 }
 
+/**
+ * Runs `run` with the service's processes `pids` recording each send's phases (send-phases.mjs), and
+ * only then: they start once every one of them says it listens, and stop when `run` is done.
+ */
+export async function recordSendPhases<T>(dir: string, pids: readonly number[], run: () => Promise<T>, timeoutMs = 10_000): Promise<T> {
+  writeFileSync(`${dir}/recording`, '');
+  try {
+    const deadline = Date.now() + timeoutMs;
+    while (!pids.every((pid) => existsSync(`${dir}/${pid}.listening`))) {
+      if (Date.now() > deadline) throw new Error(`the service's processes did not start recording send phases within ${timeoutMs} ms`);
+      await sleep(20);
+    }
+    return await run();
+  } finally {
+    rmSync(`${dir}/recording`, { force: true });
+  }
+}
+
 /** An `onAnswer` for paced() (load.ts) that keeps each answer naming its message. */
 export function collectAnswers(answers: ClientAnswer[]) {
   return ({ sentAt, answeredAt, body }: { sentAt: number; answeredAt: number; body: string }) => {
@@ -55,7 +73,7 @@ export function collectAnswers(answers: ClientAnswer[]) {
 
 /**
  * Joins `answers` with what the service wrote to `dir`, once every one of them is there (or after
- * `timeoutMs`: the processes write every 200 ms). undefined when no send could be joined.
+ * `timeoutMs`: the processes write every 100 ms). undefined when no send could be joined.
  */
 export async function sendPhaseBreakdown(dir: string, answers: readonly ClientAnswer[], timeoutMs = 5_000): Promise<PhaseBreakdown | undefined> {
   const deadline = Date.now() + timeoutMs;
@@ -75,7 +93,7 @@ export async function sendPhaseBreakdown(dir: string, answers: readonly ClientAn
 function join(dir: string, answers: readonly ClientAnswer[]): Array<Record<string, number>> {
   const api = new Map<number, Record<string, number>>();
   const worker = new Map<number, Record<string, number>>();
-  for (const file of readdirSync(dir)) {
+  for (const file of readdirSync(dir).filter((name) => name.endsWith('.jsonl'))) {
     for (const line of readFileSync(`${dir}/${file}`, 'utf8').split('\n')) {
       if (line === '') continue;
       const marks = JSON.parse(line) as Record<string, number>;

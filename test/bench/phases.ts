@@ -1,4 +1,4 @@
-import { collectAnswers, sendPhaseBreakdown, type ClientAnswer, type PhaseBreakdown } from './phase-breakdown.ts';
+import { collectAnswers, recordSendPhases, sendPhaseBreakdown, type ClientAnswer, type PhaseBreakdown } from './phase-breakdown.ts';
 import { SendLedger, statusCounts, waitForFinalStates, windowViolations, type CheckResult } from './checks.ts';
 import { closedLoop, paced, roundRobinSource, sendOne, summarise, type LatencySummary, type LoadResult, type MessageSource } from './load.ts';
 import { CpuMeter, findPostgresBackends, GROUPS, pgWriteSnapshot, redisCommandCount, pgWritesBetween, rssRecorder, sampleRss, type CpuByGroup, type Group, type PgWritesPerMessage, type RssSample } from './measurements.ts';
@@ -298,23 +298,26 @@ export class StackRunner {
     const ratePerS = oneAtATime ? 10 : Math.max(1, Math.round(maxPerS * this.options.overheadLoadFraction));
     const label = oneAtATime ? `one at a time ${latencyMs} ms` : `paced ${latencyMs} ms`;
     const answers: ClientAnswer[] = [];
-    const { result, cpu } = await this.measure(
-      () =>
-        paced({
-          label,
-          origin: this.service.apiUrl,
-          source,
-          ratePerS,
-          durationS: this.options.durationS,
-          maxInFlight: oneAtATime ? 1 : this.options.connections,
-          onAnswer: oneAtATime ? collectAnswers(answers) : undefined,
-        }),
-      label,
-    );
+    const load = () =>
+      paced({
+        label,
+        origin: this.service.apiUrl,
+        source,
+        ratePerS,
+        durationS: this.options.durationS,
+        maxInFlight: oneAtATime ? 1 : this.options.connections,
+        onAnswer: oneAtATime ? collectAnswers(answers) : undefined,
+      });
+    const { result, cpu } = await this.measure(() => (oneAtATime ? this.recordingSendPhases(load) : load()), label);
     const overhead = summarise(Array.from(result.samples, (v) => v - latencyMs));
     const breakdown = await this.breakdown(firstId, latencyMs);
     const phases = oneAtATime ? await sendPhaseBreakdown(this.service.phasesDir, answers) : undefined;
     return { latencyMs, oneAtATime, run: strip(result), overhead, breakdown, phases, cpu, samples: result.samples };
+  }
+
+  /** `run` with the API and the workers recording each send's phases (phase-breakdown.ts). */
+  recordingSendPhases<T>(run: () => Promise<T>): Promise<T> {
+    return recordSendPhases(this.service.phasesDir, [this.service.api.pid, ...this.service.workers.map((w) => w.pid)], run);
   }
 
   /**

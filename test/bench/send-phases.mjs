@@ -5,8 +5,12 @@
 // performance.timeOrigin is each process's own), to $BENCH_SEND_PHASES_DIR/<pid>.jsonl: the API's part of a send (request in →
 // answer out) from the API, the worker's part (job started → job completed) from a worker.
 // phase-breakdown.ts joins them with the load generator's own times. Plain JavaScript, as heap-probe.mjs.
-import { subscribe } from 'node:diagnostics_channel';
-import { appendFile, appendFileSync } from 'node:fs';
+//
+// It listens only while the file `recording` exists in that directory (phase-breakdown.ts's
+// recordSendPhases), and says so with `<pid>.listening`: the rest of the time nobody listens, and the
+// service's processes run as they would in a deployment, so the throughput figures do not pay for it.
+import { subscribe, unsubscribe } from 'node:diagnostics_channel';
+import { appendFile, appendFileSync, existsSync, rmSync, writeFileSync } from 'node:fs';
 import { setInterval } from 'node:timers';
 
 const dir = process.env.BENCH_SEND_PHASES_DIR;
@@ -22,14 +26,14 @@ if (dir) {
   /** @type {Map<number, Record<string, number>>} message id → the job's marks (worker) */
   const byMessage = new Map();
 
-  subscribe('http.server.request.start', (/** @type {any} */ event) => byRequest.set(event.request, { 'request-received': now() }));
-  subscribe('http.server.response.finish', (/** @type {any} */ event) => {
+  const onRequest = (/** @type {any} */ event) => byRequest.set(event.request, { 'request-received': now() });
+  const onResponse = (/** @type {any} */ event) => {
     const marks = byRequest.get(event.request);
     if (marks?.messageId === undefined) return;
     marks['answer-sent'] = now();
     finished.push(marks);
-  });
-  subscribe('user-sms:send-phase', (/** @type {any} */ event) => {
+  };
+  const onPhase = (/** @type {any} */ event) => {
     const at = now();
     if (event.command) {
       const marks = event.request ? byRequest.get(event.request) : byCommand.get(event.command);
@@ -47,7 +51,22 @@ if (dir) {
       byMessage.delete(event.messageId);
       finished.push(marks);
     }
-  });
+  };
+  const channels = /** @type {const} */ ([
+    ['http.server.request.start', onRequest],
+    ['http.server.response.finish', onResponse],
+    ['user-sms:send-phase', onPhase],
+  ]);
+  const listening = `${dir}/${process.pid}.listening`;
+  let subscribed = false;
+  const follow = () => {
+    const wanted = existsSync(`${dir}/recording`);
+    if (wanted === subscribed) return;
+    for (const [name, listener] of channels) (wanted ? subscribe : unsubscribe)(name, listener);
+    subscribed = wanted;
+    if (wanted) writeFileSync(listening, '');
+    else rmSync(listening, { force: true });
+  };
 
   const lines = () => {
     const text = finished.map((marks) => `${JSON.stringify(marks)}\n`).join('');
@@ -55,8 +74,9 @@ if (dir) {
     return text;
   };
   setInterval(() => {
+    follow();
     if (finished.length > 0) appendFile(file, lines(), () => undefined);
-  }, 200).unref();
+  }, 100).unref();
   process.on('exit', () => {
     if (finished.length > 0) appendFileSync(file, lines());
   });
