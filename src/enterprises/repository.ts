@@ -13,18 +13,12 @@ export interface Enterprise {
 }
 
 export async function findEnterprise(db: Db, number: string): Promise<Enterprise | undefined> {
-  // PostgreSQL text cannot hold NUL, so no enterprise has one; asking would fail the query instead.
-  if (number.includes('\u0000')) return undefined;
-  const row = await db
-    .selectFrom('enterprises')
-    .select(['number', 'name', 'custom_domain', 'active'])
-    .where('number', '=', number)
-    .executeTakeFirst();
-  return row && toEnterprise(row);
+  return (await findEnterpriseOnServerClock(db, number))?.enterprise;
 }
 
 /** findEnterprise, with PostgreSQL's clock as it read the row (for the admission's deadline). */
 export async function findEnterpriseOnServerClock(db: Db, number: string): Promise<{ enterprise: Enterprise; clock: ServerClock } | undefined> {
+  // PostgreSQL text cannot hold NUL, so no enterprise has one; asking would fail the query instead.
   if (number.includes('\u0000')) return undefined;
   const row = await db
     .selectFrom('enterprises')

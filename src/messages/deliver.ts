@@ -176,14 +176,14 @@ export async function deliverMessage(deps: DeliveryDeps, attempt: DeliveryAttemp
   // at once, they cost the send one hop less. Both are done before the run ends, so a retry or the
   // line's next run never finds this turn still open.
   const turnEnded = endTheTurn();
+  let step: DeliveryStep;
   try {
-    const step = await settle(deps, attempt, claimed, credentials, outcome);
-    await turnEnded;
-    sendPhase({ phase: 'recorded', messageId: id });
-    return step;
+    step = await settle(deps, attempt, claimed, credentials, outcome);
   } finally {
     await turnEnded;
   }
+  sendPhase({ phase: 'recorded', messageId: id });
+  return step;
 }
 
 async function settle(
