@@ -78,15 +78,10 @@ export function snapshotOf(row: SnapshotRow): MessageSnapshot | null {
   };
 }
 
-/**
- * A SnapshotRow's columns of user_sms_send `m`. delivery_status and delivered_at are read through
- * to_jsonb so that this works with or without the delivery-status columns (src/delivery/), and
- * whatever their timestamp type.
- */
+/** A SnapshotRow's columns of user_sms_send `m`. */
 const SNAPSHOT_COLUMNS = sql.raw(`m.id, m.enterprise_number, m.status, m.message_id, m.custom_id, m.price, m.parts, m.amount, m.error_message,
     m.sent_at AT TIME ZONE current_setting('TimeZone') AS sent_at,
-    to_jsonb(m) ->> 'delivery_status' AS delivery_status,
-    (to_jsonb(m) ->> 'delivered_at')::timestamptz AS delivered_at,
+    m.delivery_status, m.delivered_at,
     m.callback_url,
     (m.attempts + jsonb_array_length(m.operator_actions))::int AS revision`);
 
