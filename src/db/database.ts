@@ -95,8 +95,31 @@ export interface DbOptions {
  */
 export const ANSWER_GRACE_MS = 1_000;
 
+/** Each database's statement_timeout (settledAfterMs), by the Kysely instance createDb made. */
+const statementTimeouts = new WeakMap<Db, number>();
+
+/**
+ * How long after a statement was sent its outcome is settled whatever became of its answer: by then
+ * PostgreSQL has finished it (statement_timeout), or a transaction waiting for its next statement has
+ * been rolled back (idle_in_transaction_session_timeout), with the grace for the way there. pg gives up
+ * on an answer at the same moment (query_timeout).
+ */
+export function settledAfterMs(db: Db): number {
+  return (statementTimeouts.get(db) ?? DEFAULT_STATEMENT_TIMEOUT_MS) + ANSWER_GRACE_MS;
+}
+
+const DEFAULT_STATEMENT_TIMEOUT_MS = 10_000;
+
+/**
+ * An error from PostgreSQL itself (it has a SQLSTATE): the statement failed and changed nothing. Any
+ * other error from a statement already sent (a reset, pg's query_timeout) leaves its outcome unknown.
+ */
+export function isServerError(error: unknown): boolean {
+  return error instanceof pg.DatabaseError;
+}
+
 export function createDb(databaseUrl: string, options: DbOptions = {}): Db {
-  const statementTimeoutMs = options.statementTimeoutMs ?? 10_000;
+  const statementTimeoutMs = options.statementTimeoutMs ?? DEFAULT_STATEMENT_TIMEOUT_MS;
   const pool = new pg.Pool({
     connectionString: databaseUrl,
     max: options.max ?? 10,
@@ -119,7 +142,29 @@ export function createDb(databaseUrl: string, options: DbOptions = {}): Db {
   // release because it is no longer queryable. Found by test/faults/postgres-outage.test.ts.
   pool.on('connect', (client) => client.on('error', () => undefined));
   pool.on('connect', prepareRepeatedStatements);
-  return new Kysely<Database>({ dialect: new PostgresDialect({ pool }) });
+  pool.on('connect', endOnReadTimeout);
+  const db = new Kysely<Database>({ dialect: new PostgresDialect({ pool }) });
+  statementTimeouts.set(db, statementTimeoutMs);
+  return db;
+}
+
+/**
+ * A statement whose answer pg stopped waiting for (query_timeout) is still the connection's active
+ * one: every later statement on it would queue behind an answer that may never come (a transaction's
+ * ROLLBACK, or whoever the pool hands the connection to next). The connection is closed instead, so
+ * the pool drops it and the next statement gets a sound one.
+ */
+function endOnReadTimeout(client: pg.PoolClient): void {
+  const query = client.query.bind(client) as (...args: unknown[]) => unknown;
+  client.query = ((...args: unknown[]) => {
+    const result = query(...args);
+    if (result instanceof Promise) {
+      result.then(undefined, (error: unknown) => {
+        if (error instanceof Error && error.message === 'Query read timeout') void client.end().catch(() => undefined);
+      });
+    }
+    return result;
+  }) as typeof client.query;
 }
 
 /** Distinct statements a connection keeps prepared; past this, statements go unnamed as before. */

@@ -131,6 +131,14 @@ export async function acceptMessage(deps: AcceptDeps, command: SendCommand, call
     const error = 'Service temporarily unavailable (database too slow); nothing was sent, retry later';
     return { httpStatus: 503, body: errorEnvelope(error, { custom_id: command.customId }), headers: { 'Retry-After': '5' } };
   }
+  if (admission.kind === 'unknown') {
+    // The one 503 that cannot say "nothing was sent": the insert may have committed, and a row that
+    // did is sent by the sweeper. The caller is told so; an Idempotency-Key makes its retry safe.
+    deps.logger.error({ ...log, err: admission.reason }, 'the answer to the message insert was lost and PostgreSQL could not be asked since; answered 503, outcome unknown');
+    const error =
+      'Service temporarily unavailable (database): the message may have been stored, and if so it will be sent; a retry with the same Idempotency-Key is safe, one without may send it twice';
+    return { httpStatus: 503, body: errorEnvelope(error, { custom_id: command.customId, status: 'unknown' }), headers: { 'Retry-After': '5' } };
+  }
   if (admission.kind === 'repeat') return answerRepeat(deps, admission.id, admission.sameRequest, command.wait);
   if (admission.kind === 'over-daily-cap') {
     const retryAt = new Date(Date.now() + admission.secondsLeft * 1000);
@@ -145,6 +153,7 @@ export async function acceptMessage(deps: AcceptDeps, command: SendCommand, call
     };
   }
   const id = admission.id;
+  if (admission.afterLostAnswer) deps.logger.warn({ ...log, messageId: id }, 'the answer to the message insert was lost; the row was found by its provider_ref, so the message goes on as accepted');
   sendPhase({ phase: 'admitted', command, messageId: id });
   const link = statusUrl(id, statusKey.key);
   const wait = command.wait && deps.sendWaitMs > 0 ? deps.waitForJob(id, deps.sendWaitMs) : undefined;

@@ -1,7 +1,17 @@
-import type { Db } from '../db/database.ts';
+import { setTimeout as sleep } from 'node:timers/promises';
+import { isServerError, settledAfterMs, type Db } from '../db/database.ts';
 import type { ServerClock } from '../db/server-clock.ts';
 import { lockEnterpriseAdmissions } from './daily-cap.ts';
-import { countAcceptedToday, findKeyHolder, insertPendingMessageBy, releaseReusableKey, type NewMessage } from './repository.ts';
+import {
+  countAcceptedToday,
+  findIdByProviderRef,
+  findKeyHolder,
+  insertPendingMessageBy,
+  newProviderRef,
+  releaseReusableKey,
+  type NewMessage,
+  type PendingWrite,
+} from './repository.ts';
 
 // Admission: the one place a message row that will be sent is created, under the caller's
 // Idempotency-Key and the enterprise's daily cap. PostgreSQL decides both:
@@ -15,6 +25,12 @@ import { countAcceptedToday, findKeyHolder, insertPendingMessageBy, releaseReusa
 //   would otherwise commit when the network came back, and the sweeper would send the message: the
 //   caller's retry would send it twice. One that arrives by the deadline (well within the grace)
 //   commits, or is cancelled by statement_timeout, before the API gives up.
+// - a lost answer: the insert (or the COMMIT of its transaction) went out and no answer came back (the
+//   connection was reset, or pg gave up waiting). It may have committed. Once it can no longer be
+//   running (settledAfterMs after it was sent: at once after pg's own timeout), the row is looked up by
+//   its provider_ref, chosen before the insert: found, the message is admitted like any other; not
+//   found, nothing was stored and the caller's 503 "nothing was sent" is true. Only when PostgreSQL
+//   cannot be asked even then is the outcome left unknown, and the caller is told so.
 
 export interface AdmissionRules {
   idempotency?: { key: string; requestHash: string; retentionS: number } | undefined;
@@ -29,12 +45,15 @@ export interface Arrival {
 }
 
 export type Admission =
-  | { kind: 'admitted'; id: number }
+  /** `afterLostAnswer`: the insert's answer was lost, and the row was found afterwards */
+  | { kind: 'admitted'; id: number; afterLostAnswer?: boolean }
   /** the key is held by message `id` within the retention window: no new message */
   | { kind: 'repeat'; id: number; sameRequest: boolean }
   | { kind: 'over-daily-cap'; cap: number; secondsLeft: number }
   /** PostgreSQL received the insert after the deadline: nothing was stored */
-  | { kind: 'late' };
+  | { kind: 'late' }
+  /** the insert's answer was lost, and PostgreSQL could not be asked afterwards whether it was stored */
+  | { kind: 'unknown'; reason: string };
 
 /**
  * Each round either decides or loses an insert race; the loser's next round finds the winner. A third
@@ -44,21 +63,53 @@ export type Admission =
 const ROUNDS = 3;
 
 export async function admitMessage(db: Db, message: NewMessage, rules: AdmissionRules, arrival: Arrival): Promise<Admission> {
+  const write: PendingWrite = { providerRef: newProviderRef() };
+  try {
+    return await admitInRounds(db, message, rules, arrival, write);
+  } catch (error) {
+    // PostgreSQL's own refusal, or no write whose answer is missing: nothing was stored.
+    if (write.sentAtMs === undefined || isServerError(error)) throw error;
+    return settleLostAnswer(db, write.providerRef, write.sentAtMs, error);
+  }
+}
+
+async function admitInRounds(db: Db, message: NewMessage, rules: AdmissionRules, arrival: Arrival, write: PendingWrite): Promise<Admission> {
   for (let round = 1; round <= ROUNDS; round += 1) {
     const cap = rules.dailyCap;
     const decided = cap
       ? await db.transaction().execute(async (trx) => {
           await lockEnterpriseAdmissions(trx, message.enterpriseNumber);
-          return admitOnce(trx, message, rules, cap, arrival);
+          const admission = await admitOnce(trx, message, rules, cap, arrival, write);
+          // The row is stored by the COMMIT, which goes out now: its answer is the one that may be lost.
+          if (admission?.kind === 'admitted') write.sentAtMs = performance.now();
+          return admission;
         })
-      : await admitOnce(db, message, rules, undefined, arrival);
+      : await admitOnce(db, message, rules, undefined, arrival, write);
     if (decided) return decided;
   }
   throw new Error(`admission of a message for ${message.enterpriseNumber} lost ${ROUNDS} idempotency-key races in a row`);
 }
 
+/** Whether the write whose answer was lost stored the row, asked once it can no longer be running. */
+async function settleLostAnswer(db: Db, providerRef: string, sentAtMs: number, lost: unknown): Promise<Admission> {
+  const waitMs = sentAtMs + settledAfterMs(db) - performance.now();
+  if (waitMs > 0) await sleep(waitMs);
+  let id: number | undefined;
+  try {
+    id = await findIdByProviderRef(db, providerRef);
+  } catch (error) {
+    return { kind: 'unknown', reason: `${describe(lost)}; then ${describe(error)}` };
+  }
+  if (id === undefined) throw lost;
+  return { kind: 'admitted', id, afterLostAnswer: true };
+}
+
+function describe(error: unknown): string {
+  return error instanceof Error ? error.message : String(error);
+}
+
 /** undefined: another request took the key between our look-up and our insert; go round again. */
-async function admitOnce(db: Db, message: NewMessage, rules: AdmissionRules, cap: number | undefined, arrival: Arrival): Promise<Admission | undefined> {
+async function admitOnce(db: Db, message: NewMessage, rules: AdmissionRules, cap: number | undefined, arrival: Arrival, write: PendingWrite): Promise<Admission | undefined> {
   const { idempotency } = rules;
   if (idempotency) {
     const holder = await findKeyHolder(db, message.enterpriseNumber, idempotency.key, idempotency.retentionS);
@@ -70,7 +121,7 @@ async function admitOnce(db: Db, message: NewMessage, rules: AdmissionRules, cap
     const day = await countAcceptedToday(db, message.enterpriseNumber, cap);
     if (day.accepted >= cap) return { kind: 'over-daily-cap', cap, secondsLeft: day.secondsLeft };
   }
-  const inserted = await insertPendingMessageBy(db, message, arrival, idempotency);
+  const inserted = await insertPendingMessageBy(db, message, arrival, write, idempotency);
   if (inserted.kind === 'key-taken') return undefined;
   return inserted.kind === 'late' ? inserted : { kind: 'admitted', id: inserted.id };
 }

@@ -522,6 +522,16 @@ export type PendingInsert =
   | { kind: 'late' };
 
 /**
+ * The insert of a message being admitted: its provider_ref, chosen before it is sent so that the row
+ * can be found should the answer be lost (findIdByProviderRef), and when it last went out.
+ */
+export interface PendingWrite {
+  providerRef: string;
+  /** performance.now() when the insert was sent (set by insertPendingMessageBy) */
+  sentAtMs?: number;
+}
+
+/**
  * The row of a message that will be sent (insertPendingMessage), stored only if PostgreSQL receives
  * the statement within `arrival.ms` of its sending, by PostgreSQL's own clock, and, under an
  * Idempotency-Key, only if no other message holds the key (the unique index decides; ON CONFLICT DO
@@ -531,19 +541,20 @@ export async function insertPendingMessageBy(
   db: Db,
   message: NewMessage,
   arrival: { clock: ServerClock; ms: number },
+  write: PendingWrite,
   idempotency?: { key: string; requestHash: string },
 ): Promise<PendingInsert> {
   // The deadline is taken once the statement has its connection, so a wait for the pool's next free
   // connection (a busy moment) does not eat into it.
-  if (db.isTransaction) return insertPendingRow(db, message, arrival.clock.after(arrival.ms), idempotency);
-  return db.connection().execute((connection) => insertPendingRow(connection, message, arrival.clock.after(arrival.ms), idempotency));
+  if (db.isTransaction) return insertPendingRow(db, message, arrival.clock.after(arrival.ms), write, idempotency);
+  return db.connection().execute((connection) => insertPendingRow(connection, message, arrival.clock.after(arrival.ms), write, idempotency));
 }
 
-async function insertPendingRow(db: Db, message: NewMessage, deadline: Date, idempotency?: { key: string; requestHash: string }): Promise<PendingInsert> {
+async function insertPendingRow(db: Db, message: NewMessage, deadline: Date, write: PendingWrite, idempotency?: { key: string; requestHash: string }): Promise<PendingInsert> {
   const values = {
     ...newMessageValues(message),
     status: 'pending',
-    provider_ref: newProviderRef(),
+    provider_ref: write.providerRef,
     idempotency_key: idempotency?.key ?? null,
     request_hash: idempotency?.requestHash ?? null,
   };
@@ -554,12 +565,20 @@ async function insertPendingRow(db: Db, message: NewMessage, deadline: Date, ide
     .expression(db.selectNoFrom((eb) => columns.map((column) => eb.val(values[column]).as(column))).where(sql<boolean>`clock_timestamp() < ${deadline}`))
     .onConflict((oc) => oc.columns(['enterprise_number', 'idempotency_key']).where('idempotency_key', 'is not', null).doNothing())
     .returning('id');
-  const result = await db
+  const statement = db
     .with('inserted', () => insert)
-    .selectNoFrom((eb) => [eb.selectFrom('inserted').select('id').as('id'), sql<boolean>`clock_timestamp() < ${deadline}`.as('in_time')])
-    .executeTakeFirstOrThrow();
+    .selectNoFrom((eb) => [eb.selectFrom('inserted').select('id').as('id'), sql<boolean>`clock_timestamp() < ${deadline}`.as('in_time')]);
+  write.sentAtMs = performance.now();
+  const result = await statement.executeTakeFirstOrThrow();
+  delete write.sentAtMs; // answered
   if (result.id !== null) return { kind: 'inserted', id: Number(result.id) };
   return result.in_time ? { kind: 'key-taken' } : { kind: 'late' };
+}
+
+/** The message stored under `providerRef`, if any (the unique idx_user_sms_provider_ref). */
+export async function findIdByProviderRef(db: Db, providerRef: string): Promise<number | undefined> {
+  const row = await db.selectFrom('user_sms_send').select('id').where('provider_ref', '=', providerRef).executeTakeFirst();
+  return row && Number(row.id);
 }
 
 export interface EnterpriseDay {

@@ -9,6 +9,10 @@ import net from 'node:net';
 //                 a network that drops packets. open() resumes them, as TCP would once it is back.
 //   holdReplies — requests reach the server, its answers are held (one-way loss, or a server whose
 //                 answers come too late): the server acts on a command whose client times out.
+//
+// holdRepliesAfter(marker) does the same to one connection at one moment: the first one whose request
+// bytes contain the marker (a statement's text) has every answer from then on held, while the others
+// go on: the answer to that very statement is lost.
 
 export type ProxyMode = 'open' | 'down' | 'stall' | 'holdReplies';
 
@@ -21,6 +25,11 @@ export interface TcpProxy {
   down(): void;
   stall(): void;
   holdReplies(): void;
+  /**
+   * The first connection to send `marker` from now on (and then `then`, when given) has its answers
+   * held until it closes; resolves when that happens.
+   */
+  holdRepliesAfter(marker: string, options?: { then?: string }): Promise<void>;
   /** Stops listening and resets every connection. */
   close(): Promise<void>;
 }
@@ -32,6 +41,8 @@ interface Pair {
   requestsFlow: boolean;
   /** server → client bytes are being forwarded */
   repliesFlow: boolean;
+  /** its answers are held whatever the mode (holdRepliesAfter) */
+  held: boolean;
   closed: boolean;
 }
 
@@ -66,7 +77,7 @@ export async function startTcpProxy(target: { host: string; port: number }): Pro
   const apply = (pair: Pair) => {
     if (pair.closed) return;
     const requests = mode === 'open' || mode === 'holdReplies';
-    const replies = mode === 'open';
+    const replies = mode === 'open' && !pair.held;
     if (!requests && !pair.upstream) {
       pair.client.pause();
       return;
@@ -82,7 +93,7 @@ export async function startTcpProxy(target: { host: string; port: number }): Pro
   };
 
   const server = net.createServer((client) => {
-    const pair: Pair = { client, upstream: undefined, requestsFlow: false, repliesFlow: false, closed: false };
+    const pair: Pair = { client, upstream: undefined, requestsFlow: false, repliesFlow: false, held: false, closed: false };
     client.on('error', () => end(pair, true));
     client.on('close', () => end(pair, false));
     if (mode === 'down') {
@@ -91,12 +102,42 @@ export async function startTcpProxy(target: { host: string; port: number }): Pro
     }
     pairs.add(pair);
     apply(pair);
+    watch?.(pair);
   });
   await new Promise<void>((resolve, reject) => {
     server.once('error', reject);
     server.listen(0, '127.0.0.1', () => resolve());
   });
   const { port } = server.address() as net.AddressInfo;
+
+  /** Looks at the requests of a connection for holdRepliesAfter's marker; armed while one is awaited. */
+  let watch: ((pair: Pair) => void) | undefined;
+
+  const holdRepliesAfter = (marker: string, options: { then?: string } = {}) =>
+    new Promise<void>((resolve) => {
+      const watched = new Map<Pair, (chunk: Buffer) => void>();
+      const disarm = () => {
+        watch = undefined;
+        for (const [pair, listener] of watched) pair.client.off('data', listener);
+        watched.clear();
+      };
+      watch = (pair) => {
+        // Stages still to be seen on this connection: the marker, then `then`.
+        const stages = [marker, ...(options.then === undefined ? [] : [options.then])].map((text) => Buffer.from(text));
+        const listener = (chunk: Buffer) => {
+          // Forwarded already (the pipe's listener comes first): its answer cannot have come back yet.
+          while (stages.length > 0 && chunk.includes(stages[0]!)) stages.shift();
+          if (stages.length > 0) return;
+          disarm();
+          pair.held = true;
+          apply(pair);
+          resolve();
+        };
+        watched.set(pair, listener);
+        pair.client.on('data', listener);
+      };
+      for (const pair of pairs) watch(pair);
+    });
 
   const switchTo = (next: ProxyMode) => {
     mode = next;
@@ -116,6 +157,7 @@ export async function startTcpProxy(target: { host: string; port: number }): Pro
     down: () => switchTo('down'),
     stall: () => switchTo('stall'),
     holdReplies: () => switchTo('holdReplies'),
+    holdRepliesAfter,
     close() {
       switchTo('down');
       return new Promise<void>((resolve) => server.close(() => resolve()));
