@@ -95,6 +95,8 @@ export interface DbOptions {
  */
 export const ANSWER_GRACE_MS = 1_000;
 
+const DEFAULT_STATEMENT_TIMEOUT_MS = 10_000;
+
 /** Each database's statement_timeout (settledAfterMs), by the Kysely instance createDb made. */
 const statementTimeouts = new WeakMap<Db, number>();
 
@@ -107,8 +109,6 @@ const statementTimeouts = new WeakMap<Db, number>();
 export function settledAfterMs(db: Db): number {
   return (statementTimeouts.get(db) ?? DEFAULT_STATEMENT_TIMEOUT_MS) + ANSWER_GRACE_MS;
 }
-
-const DEFAULT_STATEMENT_TIMEOUT_MS = 10_000;
 
 /**
  * An error from PostgreSQL itself (it has a SQLSTATE): the statement failed and changed nothing. Any
