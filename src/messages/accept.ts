@@ -134,7 +134,7 @@ export async function acceptMessage(deps: AcceptDeps, command: SendCommand, call
   if (admission.kind === 'unknown') {
     // The one 503 that cannot say "nothing was sent": the insert may have committed, and a row that
     // did is sent by the sweeper. The caller is told so; an Idempotency-Key makes its retry safe.
-    deps.logger.error({ ...log, err: admission.reason }, 'the answer to the message insert was lost and PostgreSQL could not be asked since; answered 503, outcome unknown');
+    deps.logger.error({ ...log, err: `${describe(admission.lost)}; then ${describe(admission.lookUp)}` }, 'the answer to the message insert was lost and PostgreSQL could not be asked since; answered 503, outcome unknown');
     const error =
       'Service temporarily unavailable (database): the message may have been stored, and if so it will be sent; a retry with the same Idempotency-Key is safe, one without may send it twice';
     return { httpStatus: 503, body: errorEnvelope(error, { custom_id: command.customId, status: 'unknown' }), headers: { 'Retry-After': '5' } };

@@ -53,7 +53,7 @@ export type Admission =
   /** PostgreSQL received the insert after the deadline: nothing was stored */
   | { kind: 'late' }
   /** the insert's answer was lost, and PostgreSQL could not be asked afterwards whether it was stored */
-  | { kind: 'unknown'; reason: string };
+  | { kind: 'unknown'; lost: unknown; lookUp: unknown };
 
 /**
  * Each round either decides or loses an insert race; the loser's next round finds the winner. A third
@@ -98,14 +98,10 @@ async function settleLostAnswer(db: Db, providerRef: string, sentAtMs: number, l
   try {
     id = await findIdByProviderRef(db, providerRef);
   } catch (error) {
-    return { kind: 'unknown', reason: `${describe(lost)}; then ${describe(error)}` };
+    return { kind: 'unknown', lost, lookUp: error };
   }
   if (id === undefined) throw lost;
   return { kind: 'admitted', id, afterLostAnswer: true };
-}
-
-function describe(error: unknown): string {
-  return error instanceof Error ? error.message : String(error);
 }
 
 /** undefined: another request took the key between our look-up and our insert; go round again. */
