@@ -84,6 +84,9 @@ const SNAPSHOT_COLUMNS = sql.raw(`m.id, m.enterprise_number, m.status, m.message
     m.delivery_status, m.delivered_at,
     m.callback_url,
     (m.attempts + jsonb_array_length(m.operator_actions))::int AS revision`);
+/** The same columns of a subquery `m` that selected SNAPSHOT_COLUMNS. */
+const SNAPSHOT_NAMES = sql.raw(`m.id, m.enterprise_number, m.status, m.message_id, m.custom_id, m.price, m.parts, m.amount, m.error_message,
+    m.sent_at, m.delivery_status, m.delivered_at, m.callback_url, m.revision`);
 
 /**
  * The message as an event describes it, when it has a callback_url.
@@ -383,12 +386,13 @@ export interface OwedChange extends OwedEvent {
 
 /**
  * Up to `limit` markers, oldest first, each with its message read in the same statement (one statement
- * for a batch, however many messages it names).
+ * for a batch, however many messages it names), by its key whatever the planner's estimates
+ * (delivery-repository.ts claimDueChecks says why).
  */
 export async function findOwed(db: Db, limit: number): Promise<OwedChange[]> {
   const result = await sql<{ owed_message_id: string; owed_type: string; owed_revision: number } & Partial<SnapshotRow>>`
-    SELECT o.message_id AS owed_message_id, o.type AS owed_type, o.revision AS owed_revision, ${SNAPSHOT_COLUMNS}
-    FROM callback_owed o LEFT JOIN user_sms_send m ON m.id = o.message_id
+    SELECT o.message_id AS owed_message_id, o.type AS owed_type, o.revision AS owed_revision, ${SNAPSHOT_NAMES}
+    FROM callback_owed o LEFT JOIN LATERAL (SELECT ${SNAPSHOT_COLUMNS} FROM user_sms_send m WHERE m.id = o.message_id LIMIT 1) m ON true
     ORDER BY o.created_at, o.message_id
     LIMIT ${limit}`.execute(db);
   return result.rows.map((row) => ({

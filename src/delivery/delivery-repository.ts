@@ -30,6 +30,11 @@ const ms = (value: number) => sql`make_interval(secs => ${value / 1000})`;
  * schedule says (recorded as due at once: a send recorded without the schedule, such as one found by
  * a look-up after an unknown outcome) is rescheduled to sent_at + schedule[checks] without being
  * asked; the others are leased for `leaseMs` and returned to be asked now.
+ *
+ * Each claimed message's row is read by its key (LATERAL … LIMIT 1, which the planner cannot turn into
+ * a join of its choosing): a plan made while user_sms_send's statistics lagged behind its size (a new
+ * table filling up, a prepared statement's generic plan) once read the whole table into a hash for
+ * every claim of a few dozen checks.
  */
 export async function claimDueChecks(db: Db, options: { limit: number; leaseMs: number; scheduleMs: readonly number[] }): Promise<DueCheck[]> {
   const schedule = sql`${`{${options.scheduleMs.join(',')}}`}::bigint[]`;
@@ -43,7 +48,9 @@ export async function claimDueChecks(db: Db, options: { limit: number; leaseMs: 
     ), planned AS (
       SELECT u.id, u.enterprise_number, u.message_id, u.provider_ref, u.delivery_checks, ${SENT_INSTANT} AS sent_at,
              coalesce(${SENT_INSTANT} + make_interval(secs => (${schedule})[u.delivery_checks + 1] / 1000.0), now()) AS due_at
-      FROM user_sms_send u JOIN due ON u.id = due.message_id
+      FROM due CROSS JOIN LATERAL (
+        SELECT id, enterprise_number, message_id, provider_ref, delivery_checks, sent_at FROM user_sms_send WHERE id = due.message_id LIMIT 1
+      ) u
     )
     UPDATE delivery_due c
     SET due_at = CASE WHEN p.due_at > now() THEN p.due_at ELSE now() + ${ms(options.leaseMs)} END

@@ -1,5 +1,6 @@
 import { sql } from 'kysely';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { findOwed } from '../../src/callbacks/callback-repository.ts';
 import { claimDueChecks } from '../../src/delivery/delivery-repository.ts';
 import { sandboxTriggers } from '../../src/websms/sandbox.ts';
 import { createTestEnv, DEMO_KEY, DEMO_USER, eventually, postJson, type TestEnv } from '../support/context.ts';
@@ -273,5 +274,33 @@ describe('delivery checks as a queue in the table', () => {
     await sql`UPDATE delivery_due SET due_at = now() WHERE message_id = ${String(id)}`.execute(quiet.db);
     expect((await claim()).map((c) => c.id)).toEqual([id]);
     expect((await stored()).delivery_checks).toBe(0);
+  });
+
+  it('reads each claimed message and each owed change\'s message by its key, even where the planner would rather scan the whole table', async () => {
+    const inserted = await sql<{ id: string }>`
+      INSERT INTO user_sms_send (enterprise_number, phone, text, status, message_id, sent_at, delivery_status, callback_url)
+      SELECT '0367', '+375296254070', 'x', 'success', 76450000 + g, LOCALTIMESTAMP - interval '2 minutes', 'pending', 'https://crm.example.by/cb'
+      FROM generate_series(1, 50) g
+      RETURNING id`.execute(quiet.db);
+    const ids = inserted.rows.map((r) => r.id);
+    await sql`INSERT INTO delivery_due (message_id, due_at) SELECT unnest(${ids}::bigint[]), now()`.execute(quiet.db);
+    await sql`INSERT INTO callback_owed (message_id, type, revision) SELECT unnest(${ids}::bigint[]), 'message.sent', 1`.execute(quiet.db);
+
+    // A plan made from statistics that lag behind the table (a new table filling up, a generic plan)
+    // joins by hashing the whole of user_sms_send; here the planner is told to avoid the alternative.
+    const scans = await quiet.db.transaction().execute(async (trx) => {
+      await sql`SET LOCAL enable_nestloop = off`.execute(trx);
+      await sql`SET LOCAL enable_mergejoin = off`.execute(trx);
+      const claimed = await claimDueChecks(trx, { limit: 100, leaseMs: 60_000, scheduleMs: [60_000, 120_000] });
+      const owed = await findOwed(trx, 100);
+      expect(claimed.map((c) => String(c.id)).sort()).toEqual([...ids].sort());
+      expect(owed.map((o) => [String(o.messageId), o.message?.callbackUrl]).sort()).toEqual(ids.map((id) => [id, 'https://crm.example.by/cb']).sort());
+      const { rows } = await sql<{ seq_scan: string; idx_scan: string }>`
+        SELECT seq_scan, idx_scan FROM pg_stat_xact_user_tables WHERE relname = 'user_sms_send'`.execute(trx);
+      return rows[0];
+    });
+    expect(Number(scans?.seq_scan)).toBe(0);
+    expect(Number(scans?.idx_scan)).toBeGreaterThanOrEqual(100);
+    await sql`DELETE FROM user_sms_send WHERE id = ANY(${ids}::bigint[])`.execute(quiet.db);
   });
 });
