@@ -1,4 +1,4 @@
-import { Kysely, PostgresDialect, type ColumnType, type Generated, type RawBuilder } from 'kysely';
+import { Kysely, PostgresDialect, sql, type ColumnType, type Generated, type RawBuilder } from 'kysely';
 import pg from 'pg';
 
 /**
@@ -142,29 +142,58 @@ export function createDb(databaseUrl: string, options: DbOptions = {}): Db {
   // release because it is no longer queryable. Found by test/faults/postgres-outage.test.ts.
   pool.on('connect', (client) => client.on('error', () => undefined));
   pool.on('connect', prepareRepeatedStatements);
-  pool.on('connect', endOnReadTimeout);
+  pool.on('connect', watchLostAnswers);
   const db = new Kysely<Database>({ dialect: new PostgresDialect({ pool }) });
   statementTimeouts.set(db, statementTimeoutMs);
   return db;
 }
 
+/** The server process that ran each statement whose answer was lost before pg's read timeout (endLostStatement). */
+const lostAnswerBackends = new WeakMap<object, number>();
+
 /**
  * A statement whose answer pg stopped waiting for (query_timeout) is still the connection's active
  * one: every later statement on it would queue behind an answer that may never come (a transaction's
  * ROLLBACK, or whoever the pool hands the connection to next). The connection is closed instead, so
- * the pool drops it and the next statement gets a sound one.
+ * the pool drops it and the next statement gets a sound one. Any other lost answer (a reset) names
+ * the server process that ran the statement, which may still be running it (endLostStatement).
  */
-function endOnReadTimeout(client: pg.PoolClient): void {
+function watchLostAnswers(client: pg.PoolClient): void {
   const query = client.query.bind(client) as (...args: unknown[]) => unknown;
+  const backend = (client as pg.PoolClient & { processID?: number | null }).processID;
   client.query = ((...args: unknown[]) => {
     const result = query(...args);
     if (result instanceof Promise) {
       result.then(undefined, (error: unknown) => {
-        if (error instanceof Error && error.message === 'Query read timeout') void client.end().catch(() => undefined);
+        if (!(error instanceof Error) || isServerError(error)) return;
+        if (error.message === 'Query read timeout') void client.end().catch(() => undefined);
+        else if (typeof backend === 'number') lostAnswerBackends.set(error, backend);
       });
     }
     return result;
   }) as typeof client.query;
+}
+
+/**
+ * Settles a statement whose answer was lost before pg's read timeout (`error`, sent `sentAgoMs` ago):
+ * ends the server process that ran it, when that is still the process (it started before the
+ * statement was sent, so a later one given the same pid is left alone), and waits until it is gone.
+ * Its outcome is then final now, committed or rolled back, instead of after settledAfterMs. False when
+ * that cannot be done (the process is not known, PostgreSQL is out of reach, the role may not end
+ * it): the caller waits instead.
+ */
+export async function endLostStatement(db: Db, error: unknown, sentAgoMs: number): Promise<boolean> {
+  const backend = typeof error === 'object' && error !== null ? lostAnswerBackends.get(error) : undefined;
+  if (backend === undefined) return false;
+  const waitMs = Math.max(1, Math.ceil(settledAfterMs(db) - sentAgoMs));
+  try {
+    const { rows } = await sql<{ ended: boolean }>`
+      SELECT coalesce((SELECT pg_terminate_backend(pid, ${waitMs}::bigint) FROM pg_stat_activity
+                       WHERE pid = ${backend} AND backend_start < now() - make_interval(secs => ${sentAgoMs / 1000})), true) AS ended`.execute(db);
+    return rows[0]?.ended === true;
+  } catch {
+    return false;
+  }
 }
 
 /** Distinct statements a connection keeps prepared; past this, statements go unnamed as before. */

@@ -1,5 +1,5 @@
 import { setTimeout as sleep } from 'node:timers/promises';
-import { isServerError, settledAfterMs, type Db } from '../db/database.ts';
+import { endLostStatement, isServerError, settledAfterMs, type Db } from '../db/database.ts';
 import type { ServerClock } from '../db/server-clock.ts';
 import { lockEnterpriseAdmissions } from './daily-cap.ts';
 import {
@@ -27,7 +27,8 @@ import {
 //   commits, or is cancelled by statement_timeout, before the API gives up.
 // - a lost answer: the insert (or the COMMIT of its transaction) went out and no answer came back (the
 //   connection was reset, or pg gave up waiting). It may have committed. Once it can no longer be
-//   running (settledAfterMs after it was sent: at once after pg's own timeout), the row is looked up by
+//   running (at once after pg's own timeout; after a reset, once the server process that ran it is
+//   ended, or settledAfterMs after it was sent when that cannot be done), the row is looked up by
 //   its provider_ref, chosen before the insert: found, the message is admitted like any other; not
 //   found, nothing was stored and the caller's 503 "nothing was sent" is true. Only when PostgreSQL
 //   cannot be asked even then is the outcome left unknown, and the caller is told so.
@@ -92,8 +93,10 @@ async function admitInRounds(db: Db, message: NewMessage, rules: AdmissionRules,
 
 /** Whether the write whose answer was lost stored the row, asked once it can no longer be running. */
 async function settleLostAnswer(db: Db, providerRef: string, sentAtMs: number, lost: unknown): Promise<Admission> {
-  const waitMs = sentAtMs + settledAfterMs(db) - performance.now();
-  if (waitMs > 0) await sleep(waitMs);
+  if (!(await endLostStatement(db, lost, performance.now() - sentAtMs))) {
+    const waitMs = sentAtMs + settledAfterMs(db) - performance.now();
+    if (waitMs > 0) await sleep(waitMs);
+  }
   let id: number | undefined;
   try {
     id = await findIdByProviderRef(db, providerRef);

@@ -1,3 +1,4 @@
+import { sql } from 'kysely';
 import { beforeAll, describe, expect, it } from 'vitest';
 import { acceptedFor, cleanUpAfterAll, createHarness, waitFor, type Harness } from './harness.ts';
 
@@ -72,5 +73,57 @@ describe('the answer to the insert is lost and PostgreSQL is gone when the API w
     expect(row!.text).toBe(result.text);
     expect(row!.status).toBe('success');
     expect(acceptedFor(h.sandbox.calls(), row!)).toHaveLength(1);
+  });
+});
+
+describe('the connection is reset while the insert waits inside PostgreSQL', () => {
+  let h: Harness;
+
+  beforeAll(async () => {
+    h = await createHarness({ scenario: 'insert reset while running', postgresProxy: true, enterprises: 1, env: { SEND_WAIT_MS: '5000' } });
+    await Promise.all([h.startApi(), h.startWorker()]);
+  });
+
+  cleanUpAfterAll(() => h);
+
+  it('the API ends the statement it lost and answers at once, truthfully: nothing was sent, and nothing is', async () => {
+    // The insert is held up inside PostgreSQL by a lock this test holds, so it is still running when
+    // its connection is reset: the reset alone does not stop it.
+    let release!: () => void;
+    const released = new Promise<void>((resolve) => (release = resolve));
+    let locked!: () => void;
+    const isLocked = new Promise<void>((resolve) => (locked = resolve));
+    const holder = h.db.transaction().execute(async (trx) => {
+      await sql`LOCK TABLE user_sms_send IN SHARE MODE`.execute(trx);
+      locked();
+      await released;
+    });
+    await isLocked;
+
+    let result: Awaited<ReturnType<Harness['send']>>;
+    try {
+      const sending = h.postgresProxy!.connectionSending(INSERT);
+      // A budget below statement timeout + 1 s (11 s): an API that waited for the statement to time out
+      // instead of ending it would not answer within it.
+      const answer = h.send({ timeoutMs: 8_000 });
+      const connection = await sending;
+      const pid = await waitFor('the insert waiting for the lock', 10_000, async () => {
+        const { rows } = await sql<{ pid: number }>`
+          SELECT pid FROM pg_stat_activity WHERE wait_event_type = 'Lock' AND query LIKE ${`%${INSERT}%`} AND pid <> pg_backend_pid()`.execute(h.db);
+        return rows[0]?.pid;
+      });
+      connection.reset();
+      result = await answer;
+      // Ended before the answer, so it can never commit.
+      expect((await sql`SELECT 1 FROM pg_stat_activity WHERE pid = ${pid}`.execute(h.db)).rows).toEqual([]);
+    } finally {
+      release();
+      await holder;
+    }
+
+    expect(result.status, `answered ${result.status} "${result.error ?? String(result.json.error)}"`).toBe(503);
+    expect(String(result.json.error)).toContain('nothing was sent');
+    expect((await h.rows()).filter((row) => row.text === result.text)).toEqual([]);
+    expect(h.sandbox.calls().filter((call) => call.endpoint === 'send/sms')).toEqual([]);
   });
 });

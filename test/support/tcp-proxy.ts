@@ -12,7 +12,8 @@ import net from 'node:net';
 //
 // holdRepliesAfter(marker) does the same to one connection at one moment: the first one whose request
 // bytes contain the marker (a statement's text) has every answer from then on held, while the others
-// go on: the answer to that very statement is lost.
+// go on: the answer to that very statement is lost. connectionSending(marker) hands the test that
+// connection, to reset when it chooses.
 
 export type ProxyMode = 'open' | 'down' | 'stall' | 'holdReplies';
 
@@ -30,6 +31,11 @@ export interface TcpProxy {
    * held until it closes; resolves when that happens.
    */
   holdRepliesAfter(marker: string, options?: { then?: string }): Promise<void>;
+  /**
+   * The first connection to send `marker` from now on, once it has; reset() resets it both ways (a
+   * statement the server is running goes on until it next reads or writes the connection).
+   */
+  connectionSending(marker: string): Promise<{ reset(): void }>;
   /** Stops listening and resets every connection. */
   close(): Promise<void>;
 }
@@ -113,8 +119,9 @@ export async function startTcpProxy(target: { host: string; port: number }): Pro
   /** Looks at the requests of a connection for holdRepliesAfter's marker; armed while one is awaited. */
   let watch: ((pair: Pair) => void) | undefined;
 
-  const holdRepliesAfter = (marker: string, options: { then?: string } = {}) =>
-    new Promise<void>((resolve) => {
+  /** Resolves with the first connection to send `marker` (and then `then`) from now on. */
+  const firstSending = (marker: string, options: { then?: string } = {}) =>
+    new Promise<Pair>((resolve) => {
       const watched = new Map<Pair, (chunk: Buffer) => void>();
       const disarm = () => {
         watch = undefined;
@@ -129,15 +136,24 @@ export async function startTcpProxy(target: { host: string; port: number }): Pro
           while (stages.length > 0 && chunk.includes(stages[0]!)) stages.shift();
           if (stages.length > 0) return;
           disarm();
-          pair.held = true;
-          apply(pair);
-          resolve();
+          resolve(pair);
         };
         watched.set(pair, listener);
         pair.client.on('data', listener);
       };
       for (const pair of pairs) watch(pair);
     });
+
+  const holdRepliesAfter = async (marker: string, options: { then?: string } = {}) => {
+    const pair = await firstSending(marker, options);
+    pair.held = true;
+    apply(pair);
+  };
+
+  const connectionSending = async (marker: string) => {
+    const pair = await firstSending(marker);
+    return { reset: () => end(pair, true) };
+  };
 
   const switchTo = (next: ProxyMode) => {
     mode = next;
@@ -158,6 +174,7 @@ export async function startTcpProxy(target: { host: string; port: number }): Pro
     stall: () => switchTo('stall'),
     holdReplies: () => switchTo('holdReplies'),
     holdRepliesAfter,
+    connectionSending,
     close() {
       switchTo('down');
       return new Promise<void>((resolve) => server.close(() => resolve()));
