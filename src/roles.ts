@@ -1,10 +1,9 @@
-import { readdirSync } from 'node:fs';
 import type { AddressInfo } from 'node:net';
-import { getPriority, setPriority } from 'node:os';
 import type { Server } from 'node:http';
 import type { Config } from './config.ts';
 import type { Logger } from './logger.ts';
 import { createDeps, type Deps } from './deps.ts';
+import { lowerPriority } from './process-priority.ts';
 import { createRedis } from './redis-connection.ts';
 import { createRequestRateLimiter } from './api/request-rate-limit.ts';
 import { createCredentialThrottle } from './api/credential-throttle.ts';
@@ -192,31 +191,12 @@ export async function startWorker(config: Config, logger: Logger, tasks: WorkerT
 
 /**
  * The background work alone, in a process that gives way to the others when CPU is short: its
- * threads' nice value is raised to BACKGROUND_NICE (Linux keeps one per thread, and threads started
- * later inherit it from the one that starts them).
+ * priority is lowered to BACKGROUND_NICE (process-priority.ts: every thread, and its session's
+ * scheduling group when the session is its own).
  */
 export async function startBackground(config: Config, logger: Logger): Promise<Running> {
   if (config.backgroundNice > 0) lowerPriority(config.backgroundNice, logger);
   return startWorker(config, logger, { send: false, background: true });
-}
-
-function lowerPriority(nice: number, logger: Logger): void {
-  let threads: number[];
-  try {
-    threads = readdirSync('/proc/self/task').map(Number);
-  } catch {
-    threads = [0]; // no /proc (not Linux): where threads share the process's value, the process itself
-  }
-  let failed = 0;
-  for (const thread of threads) {
-    try {
-      setPriority(thread, Math.max(nice, getPriority(thread)));
-    } catch {
-      failed += 1;
-    }
-  }
-  if (failed > 0) logger.warn({ nice, threads: threads.length, failed }, 'could not lower the priority of every thread');
-  else logger.info({ nice }, 'background priority lowered');
 }
 
 /** The send queue's worker. */

@@ -82,6 +82,15 @@ describe('stop timeouts', () => {
   });
 });
 
+describe('CPU priority', () => {
+  it('gives the background unit a lower CPU weight than the API and the workers: under systemd, units share CPU by weight before any nice value counts', () => {
+    const weight = (unit: string) => Number(/^CPUWeight=(\d+)$/m.exec(read(unit))?.[1] ?? 100);
+    expect(weight('ops/systemd/user-sms-background.service')).toBeLessThan(100);
+    expect(weight('ops/systemd/user-sms-api.service')).toBe(100);
+    expect(weight('ops/systemd/sms-worker@.service')).toBe(100);
+  });
+});
+
 describe('docker-compose.yml', () => {
   it('has a fixed project name, PostgreSQL, Redis (noeviction, AOF), the API, scalable workers and a sandbox profile', async ({ skip }) => {
     let parse: ((text: string, options: { merge: boolean }) => unknown) | undefined;
@@ -102,6 +111,7 @@ describe('docker-compose.yml', () => {
       healthcheck?: Record<string, unknown>;
       environment?: Record<string, unknown>;
       depends_on?: Record<string, { condition: string }>;
+      cpu_shares?: number;
     };
     const file = parse!(read('docker-compose.yml'), { merge: true }) as { name?: string; services: Record<string, Service> };
     // The project's containers, network and volumes keep their names whatever the checkout's directory.
@@ -124,6 +134,9 @@ describe('docker-compose.yml', () => {
     expect(worker?.environment?.WORKER_BACKGROUND).toBe('false');
     expect(background?.command).toEqual(['background']);
     expect(background?.healthcheck?.disable).toBe(true);
+    // Containers share CPU by weight before any nice value counts: the background's is below the default 1024.
+    expect(background?.cpu_shares).toBeLessThan(1024);
+    expect([api?.cpu_shares, worker?.cpu_shares]).toEqual([undefined, undefined]);
     expect(sandbox?.profiles).toEqual(['sandbox']);
     expect(sandbox?.entrypoint).toEqual(['npm', 'run', 'sandbox']);
     // Redis under Sentinel (--profile sentinel): a replica of `redis` and three sentinels watching it.

@@ -1,6 +1,6 @@
 import { execFileSync } from 'node:child_process';
 import { randomBytes } from 'node:crypto';
-import { readdirSync, readFileSync } from 'node:fs';
+import { existsSync, readdirSync, readFileSync } from 'node:fs';
 import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest';
 import { createTestEnv, DEMO_KEY, DEMO_USER, eventually, postJson, type TestEnv } from '../support/context.ts';
 import { freePort, spawnRole, waitForHttp, type ServiceProcess } from '../support/service-processes.ts';
@@ -59,6 +59,16 @@ function threadNices(pid: number): number[] {
     return Number(stat.slice(stat.lastIndexOf(')') + 2).split(' ')[16]);
   });
 }
+
+/** A process's autogroup (Linux's scheduling group of its session) and the nice value that group has. */
+function autogroupOf(pid: number): { group: string; nice: number } {
+  const [group, , nice] = readFileSync(`/proc/${pid}/autogroup`, 'utf8').trim().split(' ');
+  return { group: group!, nice: Number(nice) };
+}
+
+// Kernels built without autogroup scheduling have no such file, and nothing to lower there.
+const hasAutogroup = existsSync('/proc/self/autogroup');
+if (!hasAutogroup && !process.env.CI) console.warn('skipped: /proc/self/autogroup is missing (a kernel without autogroup scheduling): the session-group test needs it');
 
 function childPids(pid: number): number[] {
   try {
@@ -119,6 +129,11 @@ describe('service processes', () => {
       // Every thread of the background process gives way; the worker's do not. Lowered as it starts.
       await eventually(() => (threadNices(background).every((nice) => nice === 10) ? true : undefined), 30_000);
       expect(threadNices(worker).every((nice) => nice === 0)).toBe(true);
+      // It shares its session with the API and the workers: their scheduling group is left as it is.
+      if (hasAutogroup) {
+        expect(autogroupOf(background)).toEqual(autogroupOf(service.pid));
+        expect(autogroupOf(service.pid).nice).toBe(0);
+      }
       expect(readFileSync(`/proc/${worker}/environ`, 'utf8').split('\0')).toContain('WORKER_BACKGROUND=false');
       await eventually(() => (service.output().some((line) => line.includes('background work started')) ? true : undefined), 30_000);
 
@@ -136,6 +151,26 @@ describe('service processes', () => {
     } finally {
       await receiver.stop();
     }
+  });
+
+  it.skipIf(!hasAutogroup && !process.env.CI)('`background` started in a session of its own (a systemd unit, a container) lowers that session\'s scheduling group too, so that its nice value counts against the other processes', async () => {
+    const port = await freePort();
+    const worker = start('worker', serviceEnv(port, { WORKER_BACKGROUND: 'false' }));
+    const background = start('background', serviceEnv(port));
+    const api = start('api', serviceEnv(port));
+    await waitForHttp(`http://127.0.0.1:${port}/health`);
+    await workersLive(port, 1);
+    await eventually(() => (background.output().some((line) => line.includes('background work started')) ? true : undefined), 30_000);
+    // Each leads a session of its own, as under systemd: nice alone would count only within it.
+    expect(new Set([api.pid, worker.pid, background.pid].map((pid) => autogroupOf(pid).group)).size).toBe(3);
+    expect(autogroupOf(background.pid).nice).toBe(10);
+    expect(threadNices(background.pid).every((nice) => nice === 10)).toBe(true);
+    for (const other of [api.pid, worker.pid]) {
+      expect(autogroupOf(other).nice).toBe(0);
+      expect(threadNices(other).every((nice) => nice === 0)).toBe(true);
+    }
+    const lowered = background.output().flatMap((line) => (line.startsWith('{') ? [JSON.parse(line) as { msg?: string; sessionGroup?: string; nice?: number }] : [])).find((l) => l.msg === 'background priority lowered');
+    expect(lowered).toMatchObject({ nice: 10, sessionGroup: 'lowered' });
   });
 
   it('forked worker and background processes drain and exit by themselves when their supervisor is killed with -9', async () => {
