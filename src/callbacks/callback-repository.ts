@@ -78,15 +78,17 @@ export function snapshotOf(row: SnapshotRow): MessageSnapshot | null {
   };
 }
 
-/** A SnapshotRow's columns of user_sms_send `m`. */
-const SNAPSHOT_COLUMNS = sql.raw(`m.id, m.enterprise_number, m.status, m.message_id, m.custom_id, m.price, m.parts, m.amount, m.error_message,
-    m.sent_at AT TIME ZONE current_setting('TimeZone') AS sent_at,
-    m.delivery_status, m.delivered_at,
-    m.callback_url,
-    (m.attempts + jsonb_array_length(m.operator_actions))::int AS revision`);
+/** A SnapshotRow's columns: each name, and the expression over user_sms_send `m` where it is not the column itself. */
+const SNAPSHOT_FIELDS: readonly (readonly [name: string, expression?: string])[] = [
+  ['id'], ['enterprise_number'], ['status'], ['message_id'], ['custom_id'], ['price'], ['parts'], ['amount'], ['error_message'],
+  ['sent_at', "m.sent_at AT TIME ZONE current_setting('TimeZone')"],
+  ['delivery_status'], ['delivered_at'], ['callback_url'],
+  ['revision', '(m.attempts + jsonb_array_length(m.operator_actions))::int'],
+];
+/** The snapshot selected from user_sms_send `m`. */
+const SNAPSHOT_COLUMNS = sql.raw(SNAPSHOT_FIELDS.map(([name, expression]) => (expression ? `${expression} AS ${name}` : `m.${name}`)).join(', '));
 /** The same columns of a subquery `m` that selected SNAPSHOT_COLUMNS. */
-const SNAPSHOT_NAMES = sql.raw(`m.id, m.enterprise_number, m.status, m.message_id, m.custom_id, m.price, m.parts, m.amount, m.error_message,
-    m.sent_at, m.delivery_status, m.delivered_at, m.callback_url, m.revision`);
+const SNAPSHOT_NAMES = sql.raw(SNAPSHOT_FIELDS.map(([name]) => `m.${name}`).join(', '));
 
 /**
  * The message as an event describes it, when it has a callback_url.

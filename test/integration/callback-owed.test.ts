@@ -1,8 +1,9 @@
 import { randomBytes } from 'node:crypto';
-import { sql } from 'kysely';
+import { sql, type Transaction } from 'kysely';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { Receiver } from '../support/callback-receiver.ts';
 import { runCli } from '../support/cli.ts';
+import type { Database } from '../../src/db/database.ts';
 import { createTestEnv, DEMO_KEY, DEMO_USER, eventually, postJson, type TestEnv } from '../support/context.ts';
 
 // A message's change leaves its event owed in the same statement (callback_owed), and the background
@@ -50,6 +51,16 @@ async function storedMessage(callbackUrl: string | null): Promise<number> {
   return Number(row.id);
 }
 
+/**
+ * How many times this transaction has run the trigger's function so far: needs `track_functions`
+ * set to 'pl' in the same transaction first (superuser only). PostgreSQL answers null before the
+ * first call.
+ */
+async function triggerFunctionCalls(trx: Transaction<Database>): Promise<number> {
+  const result = await sql<{ calls: string | null }>`SELECT pg_stat_get_xact_function_calls('user_sms_callback_owed'::regproc) AS calls`.execute(trx);
+  return Number(result.rows[0]?.calls ?? 0);
+}
+
 function typesAt(path: string): string[] {
   return receiver.at(path).map((r) => (JSON.parse(r.body) as { type: string }).type);
 }
@@ -85,6 +96,41 @@ describe('events owed by a message change', () => {
     expect(sent.status).toBe(200);
     await eventually(() => (receiver.at('/announced').length === 1 ? true : undefined));
     expect(await owed(sent.json.id as number)).toEqual([]);
+  });
+
+  it("are looked for only on a final send or delivery status: a worker's claim and a delivery look-up still pending never run the trigger's function", async () => {
+    await env.db.transaction().execute(async (trx) => {
+      await sql`SET LOCAL track_functions = 'pl'`.execute(trx);
+      // Inserted in this transaction: nobody else sees it, let alone claims it.
+      const row = await trx
+        .insertInto('user_sms_send')
+        .values({ enterprise_number: '0367', phone: PHONE, text: 'owed', status: 'queued', provider_ref: `u${randomBytes(6).toString('hex')}`, callback_url: receiver.url('/claimed') })
+        .returning('id')
+        .executeTakeFirstOrThrow();
+      const id = String(row.id);
+
+      // The send worker's claim (claimForSending): the row has a callback_url, nothing is owed.
+      await sql`UPDATE user_sms_send SET status = 'sending', attempts = attempts + 1, claimed_at = now(), not_before = NULL, updated_at = now() WHERE id = ${id}`.execute(trx);
+      expect(await triggerFunctionCalls(trx)).toBe(0);
+
+      // The send's final status: owed.
+      await sql`UPDATE user_sms_send SET status = 'success', message_id = 990003, sent_at = now(), delivery_status = 'pending', updated_at = now() WHERE id = ${id}`.execute(trx);
+      expect(await triggerFunctionCalls(trx)).toBe(1);
+
+      // The delivery poller's look-up that found the message still pending: nothing owed.
+      await sql`UPDATE user_sms_send SET delivery_checks = delivery_checks + 1, delivery_status = 'pending' WHERE id = ${id}`.execute(trx);
+      expect(await triggerFunctionCalls(trx)).toBe(1);
+
+      // The final delivery status: owed.
+      await sql`UPDATE user_sms_send SET delivery_checks = delivery_checks + 1, delivery_status = 'delivered', delivery_code = 3, delivered_at = now() WHERE id = ${id}`.execute(trx);
+      expect(await triggerFunctionCalls(trx)).toBe(2);
+
+      const markers = await sql<{ type: string; revision: number }>`SELECT type, revision FROM callback_owed WHERE message_id = ${id} ORDER BY type`.execute(trx);
+      expect(markers.rows).toEqual([
+        { type: 'message.delivered', revision: 1 },
+        { type: 'message.sent', revision: 1 },
+      ]);
+    });
   });
 
   it('forget a change the message has since moved past, and raise the later one with its own state', async () => {

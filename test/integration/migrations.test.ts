@@ -8,6 +8,7 @@ import { migrateToLatest } from '../../src/db/migrate.ts';
 import * as deliveryDue from '../../migrations/2026-12-02T05-00_delivery-due.ts';
 import * as webhookIdUnindexed from '../../migrations/2026-12-03T00-00_callback-webhook-id-unindexed.ts';
 import * as sendFillfactor from '../../migrations/2026-12-03T01-00_user-sms-send-fillfactor.ts';
+import * as callbackOwedWhen from '../../migrations/2026-12-04T00-00_callback-owed-when.ts';
 
 // Migrations meet databases the old service has used for years: they must keep its table, rows
 // and indexes exactly, and be safe to run twice and from several processes at once.
@@ -210,6 +211,32 @@ describe('migrations', () => {
       expect(await hotUpdatesOnFirstPage()).toBe(0);
       await sendFillfactor.up(db as unknown as Kysely<unknown>);
       expect(await options()).toEqual(['fillfactor=80']);
+    } finally {
+      await db.destroy();
+    }
+  });
+
+  it('fire the callback_owed trigger only when a final send or delivery status is newly set, and only for a callback_url, as before on the way down', async () => {
+    const db = createDb(await emptyDatabase(), { max: 1 });
+    // The trigger's WHEN clause as PostgreSQL prints it back, without its parentheses and casts.
+    const when = async () =>
+      (
+        await sql<{ def: string }>`
+          SELECT pg_get_triggerdef(oid) AS def FROM pg_trigger WHERE tgrelid = 'user_sms_send'::regclass AND tgname = 'user_sms_callback_owed'`.execute(db)
+      ).rows.map((r) =>
+        (/ WHEN (.*) EXECUTE FUNCTION user_sms_callback_owed\(\)$/.exec(r.def)?.[1] ?? r.def).replace(/::(text|character varying)(\[\])?/g, '').replace(/[()]/g, ''),
+      );
+    const narrowed =
+      "new.callback_url IS NOT NULL AND new.status IS DISTINCT FROM old.status AND new.status = ANY ARRAY['success', 'failed', 'unknown']" +
+      " OR new.delivery_status IS DISTINCT FROM old.delivery_status AND new.delivery_status = ANY ARRAY['delivered', 'undelivered', 'unknown']";
+    try {
+      await migrateToLatest(db);
+      expect(await when()).toEqual([narrowed]);
+
+      await callbackOwedWhen.down(db as unknown as Kysely<unknown>);
+      expect(await when()).toEqual(['new.callback_url IS NOT NULL']);
+      await callbackOwedWhen.up(db as unknown as Kysely<unknown>);
+      expect(await when()).toEqual([narrowed]);
     } finally {
       await db.destroy();
     }
