@@ -19,7 +19,7 @@ import { describeRoundTrips, describeWrites, findRedisPid, measureRoundTrips } f
 import { parseOptions, usage, type BenchOptions } from './options.ts';
 import { describeShares, summariseProfiles } from './profile-summary.ts';
 import { collectAnswers, sendPhaseBreakdown, type ClientAnswer } from './phase-breakdown.ts';
-import { startStack, type StackRunner, type DeliveryCostResult, type LatencyBreakdown, type LinesResult, type MemoryResult, type OverheadResult, type RateLimitResult, type ScaleResult, type ThroughputResult } from './phases.ts';
+import { startStack, type StackRunner, type DeliveryCostResult, type PacedDeliveryComparison, type LatencyBreakdown, type LinesResult, type MemoryResult, type OverheadResult, type RateLimitResult, type ScaleResult, type ThroughputResult } from './phases.ts';
 import { evaluateTargets, renderTable, type BenchDocument } from './report.ts';
 import { ACCOUNTS, seedEnterprises, startBench, startCallbackReceiver, type Bench } from './stack.ts';
 
@@ -320,8 +320,13 @@ async function run(): Promise<number> {
   return passed ? 0 : 1;
 }
 
-/** Rounds in which the delivery phase's two stacks take turns (one with --quick). */
-const DELIVERY_ROUNDS = 3;
+/**
+ * Rounds in which the delivery phase's two stacks take turns (one each with --quick): five of the
+ * closed loop, whose ratio moves most from one round to the next here (74–92% in one run), three of
+ * each paced load.
+ */
+const DELIVERY_ROUNDS = 5;
+const PACED_ROUNDS = 3;
 
 /**
  * The same closed loop on a stack without delivery look-ups or callbacks and on one that looks up
@@ -343,6 +348,7 @@ async function deliveryPhase(
   const receiver = await startCallbackReceiver();
   const warmUp = options.quick ? 1 : 3;
   const rounds = options.quick ? 1 : DELIVERY_ROUNDS;
+  const pacedRounds = options.quick ? 1 : PACED_ROUNDS;
   const stacks: StackRunner[] = [];
   try {
     // Every message the earlier phases sent is due for its delivery check by now: they are not this
@@ -405,59 +411,102 @@ async function deliveryPhase(
 
     type Measured = Awaited<ReturnType<typeof quiet.measure<LoadResult>>>;
     const runs: Array<{ baseline: Measured; withDelivery: Measured; counts: Awaited<ReturnType<typeof drain>>; drainMs: number }> = [];
+    // Odd rounds run the baseline first, even ones the stack with delivery: a machine that speeds up or
+    // slows down over the phase, and whatever a run leaves behind (PostgreSQL vacuuming the rows it
+    // churned), then weigh on both stacks alike.
+    const inTurn = async <A, B>(round: number, baselineRun: () => Promise<A>, deliveryRun: () => Promise<B>): Promise<[A, B]> => {
+      if (round % 2 === 1) {
+        const first = await baselineRun();
+        return [first, await deliveryRun()];
+      }
+      const first = await deliveryRun();
+      return [await baselineRun(), first];
+    };
     for (let round = 1; round <= rounds; round++) {
-      const baseline = await quiet.measure(loop(quiet, `baseline ${round}`, plain, options.durationS), 'delivery baseline');
-      const firstId = await lastId();
       let counts = { messages: 0, deliveryFinal: 0, callbacks: 0 };
       let drainMs = 0;
-      const withDelivery = await full.measure(loop(full, `with delivery ${round}`, withCallbacks, options.durationS), 'delivery with look-ups and callbacks', async () => {
-        const started = Date.now();
-        counts = await drain(firstId);
-        drainMs = Date.now() - started;
-      });
+      const [baseline, withDelivery] = await inTurn(
+        round,
+        () => quiet.measure(loop(quiet, `baseline ${round}`, plain, options.durationS), 'delivery baseline'),
+        async () => {
+          const firstId = await lastId();
+          return full.measure(loop(full, `with delivery ${round}`, withCallbacks, options.durationS), 'delivery with look-ups and callbacks', async () => {
+            const started = Date.now();
+            counts = await drain(firstId);
+            drainMs = Date.now() - started;
+          });
+        },
+      );
       runs.push({ baseline, withDelivery, counts, drainMs });
       log(`  round ${round}: baseline ${baseline.result.okPerS.toFixed(0)}/s, with delivery ${withDelivery.result.okPerS.toFixed(0)}/s (${((withDelivery.result.okPerS / baseline.result.okPerS) * 100).toFixed(1)}%)`);
     }
     const ratioOf = (run: (typeof runs)[number]) => run.withDelivery.result.okPerS / run.baseline.result.okPerS;
     const median = [...runs].sort((a, b) => ratioOf(a) - ratioOf(b))[Math.floor(runs.length / 2)]!;
 
-    // The latency a caller sees at a steady rate the machine can carry, a share of the median round's
-    // baseline (--overhead-load, half by default): in rounds too, taking turns, since the p50 of one 10 s run moves by more than the
-    // target's 1 ms from one run to the next here. The round whose p50 grew by the median is reported.
-    const pacedRatePerS = Math.max(1, Math.round(median.baseline.result.okPerS * options.overheadLoadFraction));
-    const pacedLoop = (stack: StackRunner, label: string, source: MessageSource, answers: ClientAnswer[]) => () =>
-      stack.recordingSendPhases(() =>
-        paced({ label, origin: stack.service.apiUrl, source, ratePerS: pacedRatePerS, durationS: options.durationS, maxInFlight: options.connections, onAnswer: collectAnswers(answers) }),
-      );
-    const pacedRuns: Array<{
-      baseline: LoadResult;
-      withDelivery: LoadResult;
-      baselineBreakdown: LatencyBreakdown;
-      withDeliveryBreakdown: LatencyBreakdown;
-      phases: DeliveryCostResult['pacedPhases'];
-    }> = [];
-    for (let round = 1; round <= rounds; round++) {
-      const baselineAnswers: ClientAnswer[] = [];
-      const withDeliveryAnswers: ClientAnswer[] = [];
-      const baselineFrom = await lastId();
-      const baseline = await quiet.measure(pacedLoop(quiet, `baseline paced ${round}`, plain, baselineAnswers), 'delivery baseline paced');
-      const pacedFrom = await lastId();
-      const withDelivery = await full.measure(pacedLoop(full, `with delivery paced ${round}`, withCallbacks, withDeliveryAnswers), 'delivery paced', async () => void (await drain(pacedFrom)));
-      const [baselineBreakdown, withDeliveryBreakdown] = [await quiet.breakdown(baselineFrom, latencyMs), await full.breakdown(pacedFrom, latencyMs)];
-      const phases = {
-        baseline: await sendPhaseBreakdown(quiet.service.phasesDir, baselineAnswers),
-        withDelivery: await sendPhaseBreakdown(full.service.phasesDir, withDeliveryAnswers),
-      };
-      pacedRuns.push({ baseline: baseline.result, withDelivery: withDelivery.result, baselineBreakdown, withDeliveryBreakdown, phases });
-      log(
-        `  paced round ${round} at ${pacedRatePerS}/s: p50 ${baseline.result.latency.p50.toFixed(1)} → ${withDelivery.result.latency.p50.toFixed(1)} ms; ` +
-          `p50 insert → claim ${baselineBreakdown.insertToClaim[0]} → ${withDeliveryBreakdown.insertToClaim[0]} ms, ` +
-          `claim → recorded ${baselineBreakdown.claimToRecordedMinusSandbox[0]} → ${withDeliveryBreakdown.claimToRecordedMinusSandbox[0]} ms`,
-      );
-    }
-    const addedOf = (run: (typeof pacedRuns)[number]) => run.withDelivery.latency.p50 - run.baseline.latency.p50;
-    const pacedMedian = [...pacedRuns].sort((a, b) => addedOf(a) - addedOf(b))[Math.floor(pacedRuns.length / 2)]!;
+    // The latency a caller sees at steady rates the machine can carry, shares of the median round's
+    // baseline (--delivery-loads): in rounds too, taking turns, since the p50 of one 10 s run moves by
+    // more than the target's 1 ms from one run to the next here. The round whose p50 grew by the median
+    // is reported. The lowest share leaves room for the delivery work's CPU; a higher one shows what
+    // sharing two cores with it costs once they are busy.
     const strip = ({ samples: _samples, ...rest }: LoadResult) => rest;
+    const pacedAt = async (loadFraction: number): Promise<PacedDeliveryComparison> => {
+      const ratePerS = Math.max(1, Math.round(median.baseline.result.okPerS * loadFraction));
+      const pacedLoop = (stack: StackRunner, label: string, source: MessageSource, answers: ClientAnswer[]) => () =>
+        stack.recordingSendPhases(() =>
+          paced({ label, origin: stack.service.apiUrl, source, ratePerS, durationS: options.durationS, maxInFlight: options.connections, onAnswer: collectAnswers(answers) }),
+        );
+      const pacedRuns: Array<{
+        baseline: LoadResult;
+        withDelivery: LoadResult;
+        baselineBreakdown: LatencyBreakdown;
+        withDeliveryBreakdown: LatencyBreakdown;
+        phases: PacedDeliveryComparison['phases'];
+      }> = [];
+      // One stack's paced run: its result, and where its sends (ids from before to after it) spent their time.
+      const pacedRun = async (stack: StackRunner, label: string, source: MessageSource, stage: string, after?: (fromId: number) => Promise<void>) => {
+        const answers: ClientAnswer[] = [];
+        const fromId = await lastId();
+        const measured = await stack.measure(pacedLoop(stack, label, source, answers), stage, after && (() => after(fromId)));
+        const breakdown = await stack.breakdown(fromId, latencyMs, await lastId());
+        return { result: measured.result, breakdown, phases: await sendPhaseBreakdown(stack.service.phasesDir, answers) };
+      };
+      for (let round = 1; round <= pacedRounds; round++) {
+        const [quietRun, fullRun] = await inTurn(
+          round,
+          () => pacedRun(quiet, `baseline paced ${round}`, plain, 'delivery baseline paced'),
+          () => pacedRun(full, `with delivery paced ${round}`, withCallbacks, 'delivery paced', async (fromId) => void (await drain(fromId))),
+        );
+        pacedRuns.push({
+          baseline: quietRun.result,
+          withDelivery: fullRun.result,
+          baselineBreakdown: quietRun.breakdown,
+          withDeliveryBreakdown: fullRun.breakdown,
+          phases: { baseline: quietRun.phases, withDelivery: fullRun.phases },
+        });
+        log(
+          `  paced round ${round} at ${ratePerS}/s (${(loadFraction * 100).toFixed(0)}%): p50 ${quietRun.result.latency.p50.toFixed(1)} → ${fullRun.result.latency.p50.toFixed(1)} ms; ` +
+            `p50 insert → claim ${quietRun.breakdown.insertToClaim[0]} → ${fullRun.breakdown.insertToClaim[0]} ms, ` +
+            `claim → recorded ${quietRun.breakdown.claimToRecordedMinusSandbox[0]} → ${fullRun.breakdown.claimToRecordedMinusSandbox[0]} ms`,
+        );
+      }
+      const addedOf = (run: (typeof pacedRuns)[number]) => run.withDelivery.latency.p50 - run.baseline.latency.p50;
+      const pacedMedian = [...pacedRuns].sort((a, b) => addedOf(a) - addedOf(b))[Math.floor(pacedRuns.length / 2)]!;
+      return {
+        loadFraction,
+        ratePerS,
+        rounds: pacedRuns.map((run) => ({
+          baselineP50: run.baseline.latency.p50,
+          withDeliveryP50: run.withDelivery.latency.p50,
+          baselineBreakdown: run.baselineBreakdown,
+          withDeliveryBreakdown: run.withDeliveryBreakdown,
+        })),
+        baseline: strip(pacedMedian.baseline),
+        withDelivery: strip(pacedMedian.withDelivery),
+        phases: pacedMedian.phases,
+      };
+    };
+    const pacedComparisons: PacedDeliveryComparison[] = [];
+    for (const loadFraction of options.deliveryLoadFractions) pacedComparisons.push(await pacedAt(loadFraction));
     const result: DeliveryCostResult = {
       latencyMs,
       rounds: runs.map((run) => ({ baselineOkPerS: run.baseline.result.okPerS, withDeliveryOkPerS: run.withDelivery.result.okPerS, ratio: ratioOf(run) })),
@@ -472,16 +521,7 @@ async function deliveryPhase(
       deliveryFinal: median.counts.deliveryFinal,
       callbacksReceived: median.counts.callbacks,
       drainMs: median.drainMs,
-      pacedRatePerS,
-      pacedRounds: pacedRuns.map((run) => ({
-        baselineP50: run.baseline.latency.p50,
-        withDeliveryP50: run.withDelivery.latency.p50,
-        baselineBreakdown: run.baselineBreakdown,
-        withDeliveryBreakdown: run.withDeliveryBreakdown,
-      })),
-      pacedBaseline: strip(pacedMedian.baseline),
-      pacedWithDelivery: strip(pacedMedian.withDelivery),
-      pacedPhases: pacedMedian.phases,
+      paced: pacedComparisons,
     };
     log(
       `  median round: baseline ${result.baseline.okPerS.toFixed(0)}/s, with delivery ${result.withDelivery.okPerS.toFixed(0)}/s (${(result.throughputRatio * 100).toFixed(1)}%), ` +
@@ -490,10 +530,12 @@ async function deliveryPhase(
         `${result.deliveryFinal}/${result.messages} final, ${result.callbacksReceived} callbacks, drained ${result.drainMs} ms after the load`,
     );
     log(`  round trips and writes per message: ${describeWrites(result.writesBaseline)} → ${describeWrites(result.writesWithDelivery)}`);
-    log(
-      `  paced at ${pacedRatePerS}/s, the median round: p50 ${result.pacedBaseline.latency.p50.toFixed(1)} → ${result.pacedWithDelivery.latency.p50.toFixed(1)} ms, ` +
-        `p99 ${result.pacedBaseline.latency.p99.toFixed(1)} → ${result.pacedWithDelivery.latency.p99.toFixed(1)} ms`,
-    );
+    for (const p of result.paced) {
+      log(
+        `  paced at ${p.ratePerS}/s (${(p.loadFraction * 100).toFixed(0)}%), the median round: p50 ${p.baseline.latency.p50.toFixed(1)} → ${p.withDelivery.latency.p50.toFixed(1)} ms, ` +
+          `p99 ${p.baseline.latency.p99.toFixed(1)} → ${p.withDelivery.latency.p99.toFixed(1)} ms`,
+      );
+    }
     return { result, checks: stacks.flatMap((stack) => stack.checks) };
   } finally {
     for (const stack of stacks) await stack.service.stop();

@@ -19,8 +19,10 @@ export interface BenchOptions {
   workers: number;
   /** WORKER_CONCURRENCY of every worker process; undefined: the service's default */
   workerConcurrency: number | undefined;
-  /** the load of the paced runs (overhead phase, delivery phase), as a fraction of the service's max throughput there */
+  /** the load of the overhead phase's paced runs, as a fraction of the service's max throughput there */
   overheadLoadFraction: number;
+  /** the loads of the delivery phase's paced runs, as fractions of its baseline's max throughput; the first is the latency target's */
+  deliveryLoadFractions: number[];
   /** length of the soak run (RSS at 10 s vs at the end); 0 skips it */
   soakS: number;
   /** the limit phase: backlog for one enterprise, over `rateWorkers` worker processes */
@@ -59,7 +61,9 @@ const HELP = `npm run bench -- [options]
   --enterprises <n>         enterprises the throughput load cycles through (default 30000)
   --workers <n>             worker processes for the throughput runs (default 2)
   --worker-concurrency <n>  WORKER_CONCURRENCY (default: the service's own default)
-  --overhead-load <f>       load of the paced runs (overhead phase, delivery phase) as a fraction of max throughput (default 0.5)
+  --overhead-load <f>       load of the overhead phase's paced runs as a fraction of max throughput (default 0.5)
+  --delivery-loads <list>   loads of the delivery phase's paced runs as fractions of its baseline's max throughput;
+                            the first is the latency target's, the others are reported (default 0.25,0.5)
   --soak <s>                soak run: memory at 10 s vs at the end; 0 = skip (default 60; quick 0)
   --backlog <n>             rate-limit backlog for one enterprise (default 30)
   --rate-workers <n>        worker processes for the rate-limit phase (default 3)
@@ -107,6 +111,7 @@ export function parseOptions(argv: string[], env: NodeJS.ProcessEnv = process.en
       workers: { type: 'string' },
       'worker-concurrency': { type: 'string' },
       'overhead-load': { type: 'string' },
+      'delivery-loads': { type: 'string' },
       soak: { type: 'string' },
       backlog: { type: 'string' },
       'rate-workers': { type: 'string' },
@@ -140,6 +145,8 @@ export function parseOptions(argv: string[], env: NodeJS.ProcessEnv = process.en
   const rateWindowMs = integer('rate-window-ms', values['rate-window-ms'], quick ? 2_000 : 3_000);
   const overheadLoadFraction = positive('overhead-load', values['overhead-load'], 0.5);
   if (overheadLoadFraction > 1) throw new Error('--overhead-load must be at most 1');
+  const deliveryLoadFractions = (values['delivery-loads'] ?? '0.25,0.5').split(',').map((part) => positive('delivery-loads', part.trim(), 0));
+  if (deliveryLoadFractions.some((f) => f > 1)) throw new Error('--delivery-loads must be at most 1 each');
 
   return {
     durationS: positive('duration', values.duration, quick ? 3 : 10),
@@ -149,6 +156,7 @@ export function parseOptions(argv: string[], env: NodeJS.ProcessEnv = process.en
     workers: integer('workers', values.workers, 2),
     workerConcurrency: values['worker-concurrency'] === undefined ? undefined : integer('worker-concurrency', values['worker-concurrency'], 1),
     overheadLoadFraction,
+    deliveryLoadFractions,
     soakS: integer('soak', values.soak, quick ? 0 : 60, true),
     backlog: integer('backlog', values.backlog, 30),
     rateWorkers: integer('rate-workers', values['rate-workers'], 3),

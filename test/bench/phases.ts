@@ -138,14 +138,24 @@ export interface DeliveryCostResult {
   callbacksReceived: number;
   /** from the end of the load until every look-up and callback was done */
   drainMs: number;
-  /** the send latency at a steady rate, a share of the baseline's (--overhead-load, half by default): what a caller sees when the machine is not saturated */
-  pacedRatePerS: number;
-  /** each paced round's p50 without and with delivery; pacedBaseline and pacedWithDelivery are the round whose p50 grew by the median */
-  pacedRounds: Array<{ baselineP50: number; withDeliveryP50: number; baselineBreakdown: LatencyBreakdown; withDeliveryBreakdown: LatencyBreakdown }>;
-  pacedBaseline: RunSummary;
-  pacedWithDelivery: RunSummary;
-  /** the median paced round, hop by hop, without and with delivery (phase-breakdown.ts) */
-  pacedPhases: { baseline: PhaseBreakdown | undefined; withDelivery: PhaseBreakdown | undefined };
+  /**
+   * The send latency at steady rates, shares of the baseline's (--delivery-loads): what a caller sees
+   * when the machine is not saturated. The first share is the latency target's.
+   */
+  paced: PacedDeliveryComparison[];
+}
+
+/** Both stacks paced at one rate, taking turns over the rounds. */
+export interface PacedDeliveryComparison {
+  /** the rate as a share of the median closed-loop round's baseline */
+  loadFraction: number;
+  ratePerS: number;
+  /** each round's p50 without and with delivery; baseline and withDelivery are the round whose p50 grew by the median */
+  rounds: Array<{ baselineP50: number; withDeliveryP50: number; baselineBreakdown: LatencyBreakdown; withDeliveryBreakdown: LatencyBreakdown }>;
+  baseline: RunSummary;
+  withDelivery: RunSummary;
+  /** the median round, hop by hop, without and with delivery (phase-breakdown.ts) */
+  phases: { baseline: PhaseBreakdown | undefined; withDelivery: PhaseBreakdown | undefined };
 }
 
 export interface LinesResult {
@@ -324,12 +334,13 @@ export class StackRunner {
    * Where the time of the successful sends since `firstId` went, from the rows' own timestamps: p50,
    * p90, p99 of insert → the worker's claim, and of claim → outcome recorded less the sandbox latency.
    */
-  async breakdown(firstId: number, latencyMs: number): Promise<LatencyBreakdown> {
+  /** Where the successful sends with ids in (firstId, lastId] spent their time; no lastId: every one since firstId. */
+  async breakdown(firstId: number, latencyMs: number, lastId = Number.MAX_SAFE_INTEGER): Promise<LatencyBreakdown> {
     const { rows } = await this.bench.sql.query<{ to_claim: number[] | null; to_recorded: number[] | null }>(
       `SELECT percentile_cont(ARRAY[0.5, 0.9, 0.99]) WITHIN GROUP (ORDER BY extract(epoch FROM claimed_at - (created_at AT TIME ZONE current_setting('TimeZone'))) * 1000) AS to_claim,
               percentile_cont(ARRAY[0.5, 0.9, 0.99]) WITHIN GROUP (ORDER BY extract(epoch FROM updated_at - claimed_at) * 1000 - $2) AS to_recorded
-         FROM user_sms_send WHERE id > $1 AND status = 'success'`,
-      [firstId, latencyMs],
+         FROM user_sms_send WHERE id > $1 AND id <= $3 AND status = 'success'`,
+      [firstId, latencyMs, lastId],
     );
     const round = (values: number[] | null | undefined) => (values ?? []).map((v) => Math.round(v * 10) / 10);
     return { insertToClaim: round(rows[0]?.to_claim), claimToRecordedMinusSandbox: round(rows[0]?.to_recorded) };
